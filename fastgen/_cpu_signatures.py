@@ -1,0 +1,36 @@
+"""ctypes signatures of the C++ CPU kernels (csrc/cpu/*.cpp), and how to pass tensors to them."""
+from __future__ import annotations
+
+import ctypes
+
+import torch
+
+_P = ctypes.c_void_p
+_I64 = ctypes.c_int64
+_INT = ctypes.c_int
+_F32 = ctypes.c_float
+
+# name -> argument types; every kernel returns int (0 on success)
+SIGNATURES = {
+    "fastgen_add_noise_cpu": [_INT, _P, _P, _P, _P, _I64, _P, _I64, _P, _I64, _I64],
+}
+
+DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
+
+
+def declare(lib: ctypes.CDLL) -> None:
+    for name, argtypes in SIGNATURES.items():
+        fn = getattr(lib, name)
+        fn.argtypes = argtypes
+        fn.restype = _INT
+
+
+def ptr(x: torch.Tensor | None) -> int | None:
+    """The data pointer for a C argument (None for a missing optional tensor)."""
+    return None if x is None else x.data_ptr()
+
+
+def call(lib: ctypes.CDLL, name: str, *args) -> None:
+    status = getattr(lib, name)(*args)
+    if status != 0:
+        raise RuntimeError(f"{name} failed with status {status}")

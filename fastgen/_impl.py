@@ -1,0 +1,138 @@
+"""Which implementation runs a fused op: the op contract of DESIGN.md, in one place.
+
+Every public op takes ``impl="auto" | "triton" | "cuda" | "cpu" | "reference"``:
+
+* ``"triton"``    Triton kernels from ``fastgen.kernels``: CUDA tensors, or CPU tensors when
+                  ``TRITON_INTERPRET=1`` was set before triton was imported (the test tier).
+* ``"cuda"``      the CUDA C++ extension ``fastgen._C`` (built by setup.py where torch has CUDA).
+* ``"cpu"``       the C++/OpenMP kernels of ``fastgen/_fastgen_cpu*.so`` for CPU tensors.
+* ``"reference"`` the pure-torch ``<op>_ref`` beside the op: any device, the ground truth.
+
+``"auto"`` (the default, or whatever :func:`set_impl` / ``FASTGEN_IMPL`` chose) takes the first
+available implementation in :data:`AUTO_ORDER` for the tensor's device. Falling back past an
+implementation that should have been there (say the CUDA build failed) is logged once per op and
+reason; asking *explicitly* for an unavailable implementation raises :class:`ImplUnavailableError`.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import os
+
+import torch
+
+from . import _native
+
+logger = logging.getLogger("fastgen")
+
+IMPLS = ("triton", "cuda", "cpu", "reference")
+# On CUDA triton comes first: it is the tuned path and needs no build step. The order is a
+# policy to revisit with GPU benchmark results (benchmarks/results/), not a measured fact yet.
+AUTO_ORDER = {"cuda": ("triton", "cuda", "reference"), "cpu": ("cpu", "reference")}
+
+_default_impl: str | None = None  # None: read FASTGEN_IMPL on first use
+
+
+def _check_impl_name(impl: object, argname: str = "impl") -> str:
+    if impl != "auto" and impl not in IMPLS:
+        raise ValueError(f"{argname} must be 'auto' or one of {IMPLS}, got {impl!r}")
+    return impl  # type: ignore[return-value]
+
+
+def set_impl(impl: str) -> None:
+    """Set the process-wide default used where an op is called with ``impl="auto"``."""
+    global _default_impl
+    _default_impl = _check_impl_name(impl)
+
+
+def get_impl() -> str:
+    """The process-wide default implementation (``FASTGEN_IMPL`` unless :func:`set_impl` was called)."""
+    global _default_impl
+    if _default_impl is None:
+        _default_impl = _check_impl_name(os.environ.get("FASTGEN_IMPL", "auto"), "FASTGEN_IMPL")
+    return _default_impl
+
+
+class ImplUnavailableError(RuntimeError):
+    """An implementation was asked for explicitly and cannot run here; the message says why."""
+
+
+def triton_interpret() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def unavailable_reason(impl: str, device: torch.device) -> str | None:
+    """Why ``impl`` cannot run on ``device`` (None when it can). Touches CUDA only for CUDA tensors."""
+    if impl == "reference":
+        return None
+    if impl == "triton":
+        if device.type not in ("cuda", "cpu"):
+            return f"triton kernels run on CUDA tensors, got a {device.type} tensor"
+        if device.type == "cpu" and not triton_interpret():
+            return "triton kernels run on CPU tensors only under TRITON_INTERPRET=1 (set before importing triton)"
+        return _native.triton_import_error()
+    if impl == "cuda":
+        if device.type != "cuda":
+            return f"the CUDA extension runs on CUDA tensors, got a {device.type} tensor"
+        return _native.cuda_load_error()
+    if impl == "cpu":
+        if device.type != "cpu":
+            return f"the C++ CPU kernels run on CPU tensors, got a {device.type} tensor"
+        return _native.cpu_load_error()
+    raise AssertionError(impl)
+
+
+@functools.lru_cache(maxsize=None)
+def _log_fallback_once(op: str, skipped: str, reason: str, chosen: str) -> None:
+    logger.warning("fastgen.%s: impl='auto' skips %r (%s) and runs %r", op, skipped, reason, chosen)
+
+
+# Called from inside torch.compile'd code: the answer depends only on the device, the op's
+# implementations and the process state, so dynamo may treat it as a constant.
+@torch.compiler.assume_constant_result
+def _resolve_cached(op: str, requested: str, device_type: str, device_index: int, available: tuple) -> str:
+    device = torch.device(device_type, device_index) if device_index >= 0 else torch.device(device_type)
+    if requested != "auto":
+        if requested not in available:
+            raise ImplUnavailableError(f"fastgen.{op} has no {requested!r} implementation (it has {available})")
+        reason = unavailable_reason(requested, device)
+        if reason is not None:
+            raise ImplUnavailableError(f"fastgen.{op}: impl={requested!r} is unavailable: {reason}")
+        return requested
+    order = [i for i in AUTO_ORDER.get(device.type, ("reference",)) if i in available] + ["reference"]
+    skipped = []
+    for impl in order:
+        reason = unavailable_reason(impl, device)
+        if reason is None:
+            # A missing build or import is worth a warning; an impl that never targets this device is not.
+            for name, why in skipped:
+                if not why.startswith(_NOT_THIS_DEVICE):
+                    _log_fallback_once(op, name, why, impl)
+            return impl
+        skipped.append((impl, reason))
+    raise AssertionError("the reference implementation is always available")
+
+
+_NOT_THIS_DEVICE = ("triton kernels run on CPU tensors only", "the CUDA extension runs on", "the C++ CPU kernels run on")
+
+
+KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def resolve(op: str, impl: str, device: torch.device, available: tuple[str, ...], dtype: torch.dtype) -> str:
+    """The implementation that runs ``op`` for tensors of ``dtype`` on ``device``.
+
+    ``available`` lists the implementations the op has. Kernels take float32, float16 and
+    bfloat16; float64 (gradcheck's dtype) runs the reference. Raises ``ValueError`` for an
+    unknown name and :class:`ImplUnavailableError` for an explicit request that cannot run.
+    """
+    impl = _check_impl_name(impl)
+    if impl == "auto":
+        impl = get_impl()
+    if dtype not in KERNEL_DTYPES:
+        if impl not in ("auto", "reference"):
+            raise ImplUnavailableError(f"fastgen.{op}: impl={impl!r} takes float32, float16 or bfloat16, got {dtype}; "
+                                       f"use impl='reference' (or 'auto') for {dtype}")
+        return "reference"
+    index = device.index if device.index is not None else -1
+    return _resolve_cached(op, impl, device.type, index, tuple(available))

@@ -1,0 +1,6 @@
+"""Fused ops: one file each, holding the reference ``<op>_ref``, the torch.library registration,
+the autograd formula and the dispatcher (see DESIGN.md, "The op contract")."""
+from .add_noise import add_noise, add_noise_ref
+from .sampling_step import NUM_COEFS, sampling_step, sampling_step_ref
+
+__all__ = ["add_noise", "add_noise_ref", "sampling_step", "sampling_step_ref", "NUM_COEFS"]

@@ -1,0 +1,59 @@
+"""Forward noising of DDPM: x_t = sqrt(abar[t_b]) * x0 + sqrt(1 - abar[t_b]) * eps, one pass."""
+import torch
+import triton
+import triton.language as tl
+
+from .philox import philox_normal
+
+
+@triton.jit
+def _add_noise_kernel(
+    x0_ptr,  # (B * S,) samples in storage order, any float dtype
+    noise_ptr,  # (B * S,) eps in the same layout; unused when GENERATE_NOISE
+    out_ptr,  # (B * S,) x_t, the dtype of x0
+    t_ptr,  # int64 timestep of sample b at t_ptr + b * t_stride
+    t_stride,  # 0 when one timestep serves the whole batch
+    abar_ptr,  # float32 (num_train,) cumulative product of alphas
+    num_train,  # length of abar; timesteps are clamped into it so nothing reads out of bounds
+    rng_ptr,  # int64 [seed, offset] Philox state; unused unless GENERATE_NOISE
+    per_sample,  # S, elements of one sample
+    chunks_per_sample,  # cdiv(S, BLOCK)
+    GENERATE_NOISE: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    b = pid // chunks_per_sample
+    chunk = pid % chunks_per_sample
+    t = tl.load(t_ptr + b * t_stride)
+    t = tl.minimum(tl.maximum(t, 0), num_train - 1)
+    abar = tl.load(abar_ptr + t)
+    signal, noise_scale = tl.sqrt(abar), tl.sqrt(1.0 - abar)
+
+    s = chunk * BLOCK + tl.arange(0, BLOCK)
+    mask = s < per_sample
+    idx = b.to(tl.int64) * per_sample + s
+    x0 = tl.load(x0_ptr + idx, mask=mask).to(tl.float32)
+    if GENERATE_NOISE:
+        eps = philox_normal(tl.load(rng_ptr), tl.load(rng_ptr + 1) + idx)
+    else:
+        eps = tl.load(noise_ptr + idx, mask=mask).to(tl.float32)
+    tl.store(out_ptr + idx, signal * x0 + noise_scale * eps, mask=mask)
+
+
+def block_for(per_sample: int) -> int:
+    """Elements per program: 1024-wide for image-sized samples, no wider than a tiny sample needs."""
+    return max(16, min(1024, triton.next_power_of_2(per_sample)))
+
+
+def add_noise(x0: torch.Tensor, noise, t: torch.Tensor, abar: torch.Tensor, rng, out: torch.Tensor) -> None:
+    """Launch on batch-major dense tensors sharing strides; ``noise`` or ``rng`` is None."""
+    batch = x0.shape[0]
+    per_sample = x0.numel() // batch
+    block = block_for(per_sample)
+    chunks = triton.cdiv(per_sample, block)
+    generate = noise is None
+    _add_noise_kernel[(batch * chunks,)](
+        x0, x0 if generate else noise, out, t, t.stride(0), abar, abar.numel(),
+        rng if generate else t, per_sample, chunks,
+        GENERATE_NOISE=generate, BLOCK=block, num_warps=4,
+    )

@@ -1,0 +1,85 @@
+"""Builds and installs fastgen.
+
+* package ``fastgen``, with the Triton kernels of ``kernels/`` installed as ``fastgen.kernels``;
+* ``fastgen._fastgen_cpu``: the C++/OpenMP CPU kernels of ``csrc/cpu`` (plain C ABI, loaded with
+  ctypes; needs only a C++ compiler with OpenMP);
+* ``fastgen._C``: the CUDA kernels of ``csrc/*.cu`` with their torch binding, built only where the
+  installed torch has CUDA. Build with ``pip install --no-build-isolation .`` so the build sees
+  that torch.
+
+Environment: FASTGEN_SKIP_CUDA_BUILD=1 skips ``fastgen._C``; TORCH_CUDA_ARCH_LIST (default
+"8.0;9.0", i.e. A100 and H100/H200) picks the GPU architectures; MAX_JOBS caps parallel compile
+jobs and NVCC_THREADS nvcc's own threads; FASTGEN_CPU_MARCH (default "native") is passed to
+-march for the CPU kernels ("x86-64-v2" for a portable build).
+"""
+import glob
+import os
+
+from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def cpu_extension():
+    march = os.environ.get("FASTGEN_CPU_MARCH", "native")
+    return Extension(
+        "fastgen._fastgen_cpu",
+        sources=sorted(glob.glob("csrc/cpu/*.cpp")),
+        include_dirs=["csrc"],
+        extra_compile_args=["-O3", "-std=c++17", "-fopenmp", f"-march={march}", "-fno-math-errno"],
+        extra_link_args=["-fopenmp"],
+        language="c++",
+    )
+
+
+def cuda_extension():
+    """(extension, build_ext class) for fastgen._C, or (None, reason) where it is not built."""
+    if os.environ.get("FASTGEN_SKIP_CUDA_BUILD") == "1":
+        return None, "FASTGEN_SKIP_CUDA_BUILD=1"
+    try:
+        import torch
+        from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CUDAExtension
+    except ImportError:
+        return None, "torch is not importable at build time (use pip install --no-build-isolation)"
+    if torch.version.cuda is None:
+        return None, f"torch {torch.__version__} has no CUDA"
+    if CUDA_HOME is None:
+        return None, "no CUDA toolkit (nvcc) found"
+    os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
+    nvcc_flags = ["-O3", "-std=c++17", "-lineinfo", f"--threads={os.environ.get('NVCC_THREADS', '4')}"]
+    ext = CUDAExtension(
+        "fastgen._C",
+        sources=["csrc/bindings.cpp"] + sorted(glob.glob("csrc/*.cu")),
+        include_dirs=[os.path.join(HERE, "csrc")],
+        extra_compile_args={"cxx": ["-O3", "-std=c++17"], "nvcc": nvcc_flags},
+    )
+    info = f"torch {torch.__version__}, CUDA {torch.version.cuda}, archs {os.environ['TORCH_CUDA_ARCH_LIST']}"
+    with open(os.path.join(HERE, "fastgen", "_build_info.txt"), "w") as f:
+        f.write(info + "\n")
+    return ext, BuildExtension.with_options(use_ninja=True)
+
+
+ext_modules = [cpu_extension()]
+cmdclass = {"build_ext": build_ext}
+cuda_ext, cuda_builder = cuda_extension()
+if cuda_ext is not None:
+    ext_modules.append(cuda_ext)
+    cmdclass["build_ext"] = cuda_builder
+else:
+    print(f"fastgen: not building the CUDA extension fastgen._C: {cuda_builder}")
+
+setup(
+    name="fastgen",
+    version="0.1.0",
+    description="Kernel-accelerated generative models in PyTorch: fused Triton/CUDA diffusion ops, drop-in schedulers",
+    python_requires=">=3.10",
+    packages=["fastgen", "fastgen.ops", "fastgen.diffusion", "fastgen.kernels"],
+    package_dir={"fastgen.kernels": "kernels"},
+    package_data={"fastgen": ["_build_info.txt"]},
+    ext_modules=ext_modules,
+    cmdclass=cmdclass,
+    install_requires=["torch>=2.5", "triton>=3.2", "numpy", "ninja", "tqdm"],
+    extras_require={"test": ["pytest", "pytest-benchmark", "hypothesis", "diffusers>=0.30"]},
+    entry_points={"console_scripts": ["fastgen=fastgen.cli:main"]},
+)
