@@ -15,15 +15,21 @@ are built once per schedule (``fastgen.ops.step_coefficients``) and live on the 
 reads its row there: no host-device synchronisation, and a CUDA graph can capture it.
 
 z is the caller's ``noise`` tensor, or Philox noise from ``rng`` (fastgen/_rng.py), or zero when
-neither is given; rows with c[SZ] == 0 never touch noise.
+neither is given; rows with c[SZ] == 0 never touch noise (a NaN there does not leak into out).
+
+Implementations: the reference below, a Triton kernel (``kernels/sampling_step.py``), a CUDA kernel
+(``csrc/sampling_step.cu``) and a C++/OpenMP CPU kernel (``csrc/cpu/sampling_step.cpp``). The
+kernels read sample, model_output and noise in the sample's dtype and prev_x0 in the sample's
+dtype or float32; :func:`sampling_step` converts other dtypes first.
 """
 from __future__ import annotations
 
 import torch
 
-from .. import _impl, _layout, _rng, _validate
+from .. import _impl, _layout, _native, _rng, _validate
+from .._cpu_signatures import DTYPE_CODES, call, ptr
 
-IMPLS = ("reference",)  # kernels: being added
+IMPLS = ("triton", "cuda", "cpu", "reference")
 
 # Columns of a coefficient row.
 PX, PM, EX, EM, E0, OX, O0, OE, O1, SZ = range(10)
@@ -54,7 +60,9 @@ def sampling_step_ref(sample: torch.Tensor, model_output: torch.Tensor, coefs: t
     if noise is None and rng is not None:
         noise = _layout.flat_as(_rng.philox_normal_ref(rng, sample.numel()), sample)
     if noise is not None:
-        out = out + col(SZ) * noise.to(acc)
+        sz = col(SZ)
+        # rows with SZ == 0 ignore z entirely, as the kernels do (0 * NaN would be NaN)
+        out = out + sz * noise.to(acc).masked_fill(sz == 0, 0.0)
     x0_out = x0.to(acc) if return_x0 else sample.new_empty(0, dtype=acc)
     return out.to(sample.dtype), x0_out
 
@@ -66,7 +74,27 @@ def _sampling_step_op(sample: torch.Tensor, model_output: torch.Tensor, coefs: t
     if impl == "reference":
         out, x0 = sampling_step_ref(sample, model_output, coefs, index, prev_x0, noise, rng, clip_range, return_x0)
         return out, x0
-    raise NotImplementedError(f"sampling_step: impl {impl!r} is not implemented yet")
+    out = _layout.new_output(sample)
+    x0 = _layout.new_output(sample, torch.float32) if return_x0 else sample.new_empty(0, dtype=torch.float32)
+    if out.numel() == 0:
+        return out, x0
+    x0_arg = x0 if return_x0 else None
+    if impl == "triton":
+        from fastgen.kernels import sampling_step as kernel
+
+        kernel.sampling_step(sample, model_output, prev_x0, noise, index, coefs, rng, clip_range, out, x0_arg)
+    elif impl == "cuda":
+        _native.cuda_ext().sampling_step(sample, model_output, prev_x0, noise, out, x0_arg, index, coefs, rng,
+                                         clip_range)
+    elif impl == "cpu":
+        batch = sample.shape[0]
+        call(_native.cpu_lib(), "fastgen_sampling_step_cpu", DTYPE_CODES[sample.dtype], ptr(sample),
+             ptr(model_output), ptr(prev_x0), DTYPE_CODES[prev_x0.dtype] if prev_x0 is not None else 0, ptr(noise),
+             ptr(out), ptr(x0_arg), ptr(index), index.stride(0), ptr(coefs), coefs.shape[0], ptr(rng),
+             float("inf") if clip_range is None else clip_range, batch, sample.numel() // batch)
+    else:
+        raise AssertionError(impl)
+    return out, x0
 
 
 @_sampling_step_op.register_fake
@@ -114,11 +142,13 @@ def sampling_step(sample: torch.Tensor, model_output: torch.Tensor, coefs: torch
     Args:
         sample: x_t, (B, ...) float32 / float16 / bfloat16 (float64 runs the reference); any
             dense batch-major layout (NCHW, channels_last). The output keeps dtype and layout.
-        model_output: the network's output for x_t, x_t's shape, on its device.
+        model_output: the network's output for x_t, x_t's shape, on its device. The kernels read
+            it (and noise) in the sample's dtype, so another dtype is converted first.
         coefs: float32 (N, NUM_COEFS) coefficient table on the device.
         index: which row of ``coefs`` each sample uses: an int, or an integer tensor of shape
             () / (1,) / (B,) on the device (a device tensor costs no host synchronisation).
-        prev_x0: the previous step's x0 (multistep solvers), x_t's shape; None means zero.
+        prev_x0: the previous step's x0 (multistep solvers), x_t's shape, in the sample's dtype or
+            float32 (other dtypes are converted to float32); None means zero.
         noise: z, x_t's shape. Else drawn from ``generator`` exactly as diffusers' randn_tensor
             draws it (shape and dtype of model_output), else Philox noise from ``seed`` (int or
             an int64 state tensor [seed, offset] on the device), else z = 0.
@@ -135,6 +165,8 @@ def sampling_step(sample: torch.Tensor, model_output: torch.Tensor, coefs: torch
         raise ValueError(f"coefs must be a float32 table of shape (N, {NUM_COEFS}), got {coefs.dtype} {tuple(coefs.shape)}")
     _validate.check_same_device("coefs", coefs, "sample", sample)
     index = _validate.check_timesteps("index", index, sample.shape[0], coefs.shape[0], sample.device)
+    if clip_range is not None and (isinstance(clip_range, bool) or not isinstance(clip_range, (int, float))):
+        raise TypeError(f"clip_range must be a positive number or None, got {type(clip_range).__name__}")
     if clip_range is not None and not clip_range > 0:
         raise ValueError(f"clip_range must be a positive number or None, got {clip_range}")
     sample = _layout.batch_major(sample)
@@ -151,6 +183,12 @@ def sampling_step(sample: torch.Tensor, model_output: torch.Tensor, coefs: torch
     else:
         rng = _validate.check_seed("seed", seed, sample.device)
     chosen = _impl.resolve("sampling_step", impl, sample.device, IMPLS, sample.dtype)
+    if chosen != "reference":
+        # The kernels read every operand in the sample's dtype, except prev_x0 which may stay float32.
+        model_output = model_output.to(sample.dtype)
+        noise = None if noise is None else noise.to(sample.dtype)
+        if prev_x0 is not None and prev_x0.dtype not in (sample.dtype, torch.float32):
+            prev_x0 = prev_x0.to(torch.float32)
     out, x0 = _sampling_step_op(sample, model_output, coefs.contiguous(), index, prev_x0, noise, rng,
                                 None if clip_range is None else float(clip_range), return_x0, chosen)
     return out, (x0 if return_x0 else None)

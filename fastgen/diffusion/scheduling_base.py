@@ -1,0 +1,287 @@
+"""What the drop-in schedulers share: config, outputs, device tables and the noise source.
+
+A scheduler keeps its coefficient table (:mod:`fastgen.ops.step_coefficients`) on the samples'
+device and hands ``step`` to the fused :func:`fastgen.ops.sampling_step`, so a step reads its
+coefficients on the device: no host-device synchronisation.
+
+Noise, per step that draws it (only where diffusers draws, so generator streams stay aligned):
+``variance_noise`` if given; else from ``generator`` exactly as diffusers' ``randn_tensor`` draws
+it; else ``torch.randn`` on CPU (see :attr:`SchedulerBase.cpu_noise`); else Philox inside the kernel from the device state
+``[seed, offset]`` (:attr:`noise_state`), whose offset the scheduler advances on the device after
+each noisy step (an in-place add, so a captured CUDA graph draws fresh noise on every replay).
+"""
+from __future__ import annotations
+
+import inspect
+import json
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+
+from .. import _rng
+from ..ops import add_noise as _add_noise_op
+from ..ops.sampling_step import PM, PX
+from .._layout import per_sample
+
+CONFIG_NAME = "scheduler_config.json"
+
+
+class SchedulerConfig(dict):
+    """The constructor arguments, read-only, with attribute access (like diffusers' FrozenDict)."""
+
+    def __getattr__(self, name):
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(f"the scheduler config has no {name!r}") from None
+
+    def _frozen(self, *args, **kwargs):
+        raise TypeError("a scheduler config is read-only; build a new scheduler with from_config(config, **changes)")
+
+    __setattr__ = __setitem__ = __delitem__ = update = pop = setdefault = clear = _frozen
+
+    def __reduce__(self):  # copy / deepcopy / pickle rebuild it whole instead of item by item
+        return (type(self), (dict(self),))
+
+
+class SchedulerOutput:
+    """``prev_sample`` (x_{t-1}) and, for DDPM/DDIM, ``pred_original_sample`` (x0). Indexes like
+    diffusers' outputs: ``out[0]``, ``out["prev_sample"]``, ``out.to_tuple()``.
+
+    x0 costs a full write pass, so unless the step computed it already it is computed on first
+    access, from the step's inputs; if those were modified in place since, access raises.
+    """
+
+    def __init__(self, prev_sample: torch.Tensor, pred_original_sample=None, *, has_x0: bool = False):
+        self.prev_sample = prev_sample
+        self._x0 = pred_original_sample
+        self._has_x0 = has_x0 or pred_original_sample is not None
+
+    @property
+    def pred_original_sample(self):
+        if callable(self._x0):
+            self._x0 = self._x0()
+        return self._x0
+
+    def keys(self):
+        return ("prev_sample", "pred_original_sample") if self._has_x0 else ("prev_sample",)
+
+    def to_tuple(self) -> tuple:
+        return tuple(getattr(self, k) for k in self.keys())
+
+    def __getitem__(self, key):
+        if isinstance(key, str):
+            if key not in self.keys():
+                raise KeyError(key)
+            return getattr(self, key)
+        return self.to_tuple()[key]
+
+    def __len__(self):
+        return len(self.keys())
+
+    def __iter__(self):
+        return iter(self.keys())
+
+    def __repr__(self):
+        return f"{type(self).__name__}(prev_sample={tuple(self.prev_sample.shape)}, keys={self.keys()})"
+
+
+def lazy_x0(sample: torch.Tensor, model_output: torch.Tensor, coefs: torch.Tensor, index: torch.Tensor,
+            clip_range: float | None, dtype: torch.dtype):
+    """x0 = clamp(PX x + PM m) later, from the row ``coefs[index]`` (device tensors: no sync).
+
+    The inputs' version counters are checked at access, so an in-place change of ``sample`` or
+    ``model_output`` after the step raises instead of silently giving a wrong x0. Inference-mode
+    tensors keep no version counter: for them the caller computes x0 in the step instead.
+    """
+    versions = (sample._version, model_output._version)
+
+    def compute():
+        if (sample._version, model_output._version) != versions:
+            raise RuntimeError("pred_original_sample cannot be computed: the step's sample or model_output was modified "
+                               "in place after the step; read it before that, or call step(..., return_dict=False)")
+        acc = torch.promote_types(sample.dtype, torch.float32)  # float32 math, as the kernels do
+        rows = coefs[index.expand(sample.shape[0])].to(acc)
+        x0 = per_sample(rows[:, PX], sample) * sample.to(acc) + per_sample(rows[:, PM], sample) * model_output.to(acc)
+        if clip_range is not None:
+            x0 = x0.clamp(-clip_range, clip_range)
+        return x0.to(dtype)
+
+    return compute
+
+
+def can_defer(*tensors: torch.Tensor) -> bool:
+    """Whether x0 can be computed lazily (safe only where version counters exist)."""
+    return not any(t.is_inference() for t in tensors)
+
+
+class SchedulerBase:
+    """Config handling, device caches and the noise source shared by the schedulers."""
+
+    order = 1
+    init_noise_sigma = 1.0
+    impl = "auto"  # implementation of the fused step (fastgen.set_impl / FASTGEN_IMPL apply to "auto")
+    # Noise with no generator on CPU: "randn" draws torch.randn from torch's default generator (as
+    # diffusers does, so torch.manual_seed reproduces diffusers); "philox" uses the in-kernel stream
+    # of the accelerators, so one seed gives the same samples on CPU and GPU (to float rounding).
+    cpu_noise = "randn"
+
+    def _register_config(self, args: dict) -> None:
+        self._config = SchedulerConfig({k: v for k, v in args.items() if k not in ("self", "__class__")})
+        self._device_cache: dict = {}
+        self._noise_seed: int | None = None  # pinned by set_noise_seed
+        self._noise_state: torch.Tensor | None = None
+        self.num_inference_steps = None
+
+    @property
+    def config(self) -> SchedulerConfig:
+        return self._config
+
+    @classmethod
+    def from_config(cls, config=None, **overrides):
+        """Build from a config mapping (a diffusers scheduler's ``.config`` works) plus overrides.
+
+        Keys this scheduler's constructor does not take (``_class_name``, other schedulers' options)
+        are ignored, as diffusers ignores them; an override it does not take is a TypeError.
+        """
+        if config is None:
+            config = {}
+        if not isinstance(config, Mapping):
+            raise TypeError(f"config must be a mapping (e.g. a scheduler's .config), got {type(config).__name__}")
+        params = inspect.signature(cls.__init__).parameters
+        kwargs = {k: v for k, v in config.items() if k in params and k != "self"}
+        kwargs.update(overrides)
+        return cls(**kwargs)
+
+    @classmethod
+    def from_pretrained(cls, path, subfolder: str | None = None, **overrides):
+        """Build from a local ``scheduler_config.json`` (a directory holding it, or the file)."""
+        path = Path(path)
+        if subfolder:
+            path = path / subfolder
+        if path.is_dir():
+            path = path / CONFIG_NAME
+        with open(path) as f:
+            return cls.from_config(json.load(f), **overrides)
+
+    def save_pretrained(self, save_directory) -> None:
+        """Write ``scheduler_config.json`` naming diffusers' class of the same name, so diffusers'
+        ``from_pretrained`` loads it too."""
+        directory = Path(save_directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        config = {"_class_name": type(self).__name__, **self.config}
+        with open(directory / CONFIG_NAME, "w") as f:
+            json.dump(config, f, indent=2, sort_keys=True, default=lambda v: v.tolist())
+
+    def __len__(self) -> int:
+        return self.config.num_train_timesteps
+
+    def scale_model_input(self, sample: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        """The sample unchanged: these schedulers feed the model x_t as it is."""
+        return sample
+
+    # -- device caches -------------------------------------------------------------------------
+
+    def _on(self, name: str, host: torch.Tensor, device: torch.device) -> torch.Tensor:
+        """``host`` copied to ``device`` once and cached under ``name`` (dropped by set_timesteps)."""
+        key = (name, device)
+        cached = self._device_cache.get(key)
+        if cached is None:
+            cached = host if host.device == device else host.to(device)
+            self._device_cache[key] = cached
+        return cached
+
+    def _row_index(self, row: int, device: torch.device) -> torch.Tensor:
+        """A 0-d int64 device tensor holding ``row``: a view into a cached arange, so using it in a
+        step costs no host-to-device copy (and a captured CUDA graph reads live memory)."""
+        rows = self._device_cache.get(("rows", device))
+        if rows is None:
+            rows = self._on("rows", torch.arange(self._num_rows, dtype=torch.int64), device)
+        return rows[row]
+
+    def _set_schedule(self, host_timesteps, device) -> None:
+        """Publish the schedule: ``timesteps`` (int64, on ``device``) and its host copy."""
+        self._host_timesteps = host_timesteps
+        self.timesteps = torch.from_numpy(host_timesteps.copy()).to(device)
+        self._schedule_tensor = self.timesteps
+
+    def _scheduled_value(self, timestep: torch.Tensor) -> int | None:
+        """The value of a one-element tensor that is a view into the ``timesteps`` set_timesteps
+        made (``for t in scheduler.timesteps``), read from the host copy: its storage position
+        names it, so an accelerator tensor is never read. None for any other tensor."""
+        ts = getattr(self, "_schedule_tensor", None)
+        if (ts is None or timestep.numel() != 1 or timestep.device != ts.device
+                or timestep.untyped_storage().data_ptr() != ts.untyped_storage().data_ptr()):
+            return None
+        position = timestep.storage_offset() - ts.storage_offset()
+        return int(self._host_timesteps[position]) if 0 <= position < len(self._host_timesteps) else None
+
+    def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps) -> torch.Tensor:
+        """Forward noising x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) noise (:func:`fastgen.ops.add_noise`)."""
+        table = self._on("alphas_cumprod", self.alphas_cumprod, original_samples.device)
+        return _add_noise_op(original_samples, timesteps, table, noise, impl=self.impl)
+
+    def get_velocity(self, sample: torch.Tensor, noise: torch.Tensor, timesteps) -> torch.Tensor:
+        """v = sqrt(abar_t) noise - sqrt(1 - abar_t) sample (the v_prediction target)."""
+        table = self._on("alphas_cumprod", self.alphas_cumprod, sample.device)
+        t = torch.as_tensor(timesteps, device=sample.device).reshape(-1)
+        abar = per_sample(table[t.long()].expand(sample.shape[0]), sample)
+        return (abar.sqrt() * noise.float() - (1.0 - abar).sqrt() * sample.float()).to(sample.dtype)
+
+    # -- noise ---------------------------------------------------------------------------------
+
+    def set_noise_seed(self, seed: int | None) -> None:
+        """Pin the seed of the in-kernel noise (used with no generator on accelerators) and restart
+        its stream; ``set_timesteps`` restarts it from the same seed. None unpins: each
+        ``set_timesteps`` then draws a seed from torch's default generator."""
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63):
+            raise ValueError(f"seed must be None or an int in [0, 2**63), got {seed!r}")
+        self._noise_seed = seed
+        self._reset_noise_state()
+
+    def _reset_noise_state(self, device=None) -> None:
+        """Restart the Philox stream: in place where a state exists (graphs keep their pointer)."""
+        state = self._noise_state
+        if state is None and (device is None or (torch.device(device).type == "cpu" and self.cpu_noise == "randn")):
+            return  # created on first use: CPU steps draw with torch.randn, and drawing a seed here
+            # would shift torch's default generator against diffusers
+        seed = _rng.new_seed() if self._noise_seed is None else self._noise_seed
+        fresh = torch.tensor([seed, 0], dtype=torch.int64)
+        if state is None:
+            self._noise_state = fresh.to(device)
+        else:
+            state.copy_(fresh)
+
+    @property
+    def noise_state(self) -> torch.Tensor | None:
+        """The int64 Philox state ``[seed, offset]`` on the device (None until first needed)."""
+        return self._noise_state
+
+    def _noise_args(self, model_output: torch.Tensor, generator, variance_noise, dtype: torch.dtype) -> dict:
+        """The noise source of a step that draws noise, as sampling_step keyword arguments."""
+        if variance_noise is not None:
+            if generator is not None:
+                raise ValueError("pass either generator or variance_noise, not both")
+            return {"noise": variance_noise}
+        if generator is not None:
+            return {"noise": _rng.randn_like_diffusers(model_output.shape, generator, model_output.device, dtype)}
+        if model_output.device.type == "cpu" and self.cpu_noise == "randn":
+            return {"noise": torch.randn(model_output.shape, dtype=dtype)}
+        state = self._noise_state
+        if state is None or state.device != model_output.device:
+            self._noise_state = None
+            self._reset_noise_state(model_output.device)
+        return {"seed": self._noise_state}
+
+    def advance_noise(self, numel: int) -> None:
+        """Move the Philox offset past ``numel`` draws, on the device (one in-place add, no sync)."""
+        self._noise_state.narrow(0, 1, 1).add_(numel)
+
+    def _after_noise(self, args: dict, numel: int) -> None:
+        if "seed" in args:
+            self.advance_noise(numel)
+
+    def _require_timesteps(self) -> None:
+        if self.num_inference_steps is None:
+            raise ValueError(f"{type(self).__name__}.step called before set_timesteps(num_inference_steps)")

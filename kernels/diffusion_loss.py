@@ -1,0 +1,135 @@
+"""The diffusion training loss with eps regenerated in the kernel (never stored).
+
+Per sample b with a = abar[t_b], target = eps (MODE 0, epsilon), x0 (MODE 1, sample) or
+sqrt(a) * eps - sqrt(1 - a) * x0 (MODE 2, v_prediction); d = pred - target.
+Forward: one float32 partial sum of d^2 per (sample, chunk) program, summed afterwards by the caller
+(a deterministic two-stage reduction, no atomics). Backward: grad_pred = s_b * d and
+grad_x0 = -(d target / d x0) * s_b * d, with s_b = 2 * dL/dsum_b.
+"""
+import torch
+import triton
+import triton.language as tl
+
+from .add_noise import block_for
+from .philox import philox_normal
+
+
+@triton.jit
+def _residual(pred_ptr, x0_ptr, noise_ptr, rng_ptr, idx, mask, a_sig, a_noise,
+              MODE: tl.constexpr, GENERATE_NOISE: tl.constexpr):
+    """d = pred - target (float32) at flat indices ``idx``; epsilon never reads x0, sample never eps."""
+    pred = tl.load(pred_ptr + idx, mask=mask).to(tl.float32)
+    if MODE != 1:
+        if GENERATE_NOISE:
+            eps = philox_normal(tl.load(rng_ptr), tl.load(rng_ptr + 1) + idx)
+        else:
+            eps = tl.load(noise_ptr + idx, mask=mask).to(tl.float32)
+    if MODE == 0:
+        target = eps
+    elif MODE == 1:
+        target = tl.load(x0_ptr + idx, mask=mask).to(tl.float32)
+    else:
+        target = a_sig * eps - a_noise * tl.load(x0_ptr + idx, mask=mask).to(tl.float32)
+    return pred - target
+
+
+@triton.jit
+def _loss_forward_kernel(
+    pred_ptr,  # (B * S,) model output in storage order, any float dtype
+    x0_ptr,  # (B * S,) clean samples, same layout; unused for epsilon
+    noise_ptr,  # (B * S,) eps, same layout; unused when GENERATE_NOISE or for sample
+    partial_ptr,  # float32 (B * chunks_per_sample,) one partial sum per program
+    t_ptr,  # int64 timestep of sample b at t_ptr + b * t_stride
+    t_stride,  # 0 when one timestep serves the whole batch
+    abar_ptr,  # float32 (num_train,) cumulative product of alphas
+    num_train,  # length of abar; timesteps are clamped into it
+    rng_ptr,  # int64 [seed, offset] Philox state; unused unless GENERATE_NOISE
+    per_sample,  # S, elements of one sample
+    chunks_per_sample,  # cdiv(S, BLOCK)
+    MODE: tl.constexpr,
+    GENERATE_NOISE: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    b = pid // chunks_per_sample
+    chunk = pid % chunks_per_sample
+    t = tl.minimum(tl.maximum(tl.load(t_ptr + b * t_stride), 0), num_train - 1)
+    abar = tl.load(abar_ptr + t)
+    s = chunk * BLOCK + tl.arange(0, BLOCK)
+    mask = s < per_sample
+    idx = b.to(tl.int64) * per_sample + s
+    d = _residual(pred_ptr, x0_ptr, noise_ptr, rng_ptr, idx, mask, tl.sqrt(abar), tl.sqrt(1.0 - abar),
+                  MODE, GENERATE_NOISE)
+    d = tl.where(mask, d, 0.0)
+    tl.store(partial_ptr + pid, tl.sum(d * d, axis=0))
+
+
+@triton.jit
+def _loss_backward_kernel(
+    pred_ptr,  # (B * S,) model output in storage order
+    x0_ptr,  # (B * S,) clean samples, same layout
+    noise_ptr,  # (B * S,) eps, same layout; unused when GENERATE_NOISE or for sample
+    grad_pred_ptr,  # (B * S,) out: dL/dpred in pred's dtype
+    grad_x0_ptr,  # (B * S,) out: dL/dx0 in x0's dtype; unused unless WRITE_X0
+    scale_ptr,  # float32 (B,) s_b = 2 * dL/dsum_b
+    t_ptr,  # int64 timestep of sample b at t_ptr + b * t_stride
+    t_stride,  # 0 when one timestep serves the whole batch
+    abar_ptr,  # float32 (num_train,)
+    num_train,  # length of abar
+    rng_ptr,  # int64 [seed, offset]; unused unless GENERATE_NOISE
+    per_sample,  # S
+    chunks_per_sample,  # cdiv(S, BLOCK)
+    MODE: tl.constexpr,
+    GENERATE_NOISE: tl.constexpr,
+    WRITE_X0: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    b = pid // chunks_per_sample
+    chunk = pid % chunks_per_sample
+    t = tl.minimum(tl.maximum(tl.load(t_ptr + b * t_stride), 0), num_train - 1)
+    abar = tl.load(abar_ptr + t)
+    a_sig, a_noise = tl.sqrt(abar), tl.sqrt(1.0 - abar)
+    s = chunk * BLOCK + tl.arange(0, BLOCK)
+    mask = s < per_sample
+    idx = b.to(tl.int64) * per_sample + s
+    d = _residual(pred_ptr, x0_ptr, noise_ptr, rng_ptr, idx, mask, a_sig, a_noise, MODE, GENERATE_NOISE)
+    gp = tl.load(scale_ptr + b) * d
+    tl.store(grad_pred_ptr + idx, gp, mask=mask)
+    if WRITE_X0:  # -(d target / d x0) * gp: -1 for sample, +sqrt(1 - a) for v_prediction
+        if MODE == 1:
+            grad_x0 = -gp
+        else:
+            grad_x0 = a_noise * gp
+        tl.store(grad_x0_ptr + idx, grad_x0, mask=mask)
+
+
+def _launch_shape(pred: torch.Tensor):
+    batch = pred.shape[0]
+    per_sample = pred.numel() // batch
+    block = block_for(per_sample)
+    return batch, per_sample, block, triton.cdiv(per_sample, block)
+
+
+def loss_forward(pred, x0, noise, t, abar, rng, mode: int) -> torch.Tensor:
+    """Per-sample sums of squared residuals, float32 (B,). Tensors batch-major dense, sharing strides."""
+    batch, per_sample, block, chunks = _launch_shape(pred)
+    partial = torch.empty(batch * chunks, device=pred.device, dtype=torch.float32)
+    generate = noise is None
+    _loss_forward_kernel[(batch * chunks,)](
+        pred, x0, pred if generate else noise, partial, t, t.stride(0), abar, abar.numel(),
+        rng if generate else t, per_sample, chunks,
+        MODE=mode, GENERATE_NOISE=generate, BLOCK=block, num_warps=4,
+    )
+    return partial.view(batch, chunks).sum(dim=1)
+
+
+def loss_backward(pred, x0, noise, t, abar, rng, scale, mode: int, grad_pred, grad_x0) -> None:
+    """Write grad_pred (and grad_x0 unless None) for per-sample scales ``scale`` (float32 (B,))."""
+    batch, per_sample, block, chunks = _launch_shape(pred)
+    generate = noise is None
+    _loss_backward_kernel[(batch * chunks,)](
+        pred, x0, pred if generate else noise, grad_pred, grad_pred if grad_x0 is None else grad_x0, scale,
+        t, t.stride(0), abar, abar.numel(), rng if generate else t, per_sample, chunks,
+        MODE=mode, GENERATE_NOISE=generate, WRITE_X0=grad_x0 is not None, BLOCK=block, num_warps=4,
+    )
