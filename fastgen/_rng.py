@@ -1,11 +1,16 @@
 """Random numbers: the in-kernel Philox normal, its pure-torch reference, and explicit noise.
 
-In-kernel noise (DESIGN.md rule 7). Element ``i`` of a tensor (its index in storage order) gets
+In-kernel noise (DESIGN.md rule 7). Element ``i`` of a tensor (its index in storage order) is
+position k = offset + i of the stream, and positions 4p .. 4p + 3 share one Philox call:
 
-    r0, r1, _, _ = Philox4x32-10(key=(seed_lo, seed_hi), counter=(lo(offset+i), hi(offset+i), 0, 0))
-    u1 = ((r0 >> 8) + 0.5) / 2**24,  u2 = ((r1 >> 8) + 0.5) / 2**24      # exact in float32, in (0, 1)
-    z  = sqrt(-2 log u1) * cos(2 pi u2)                                   # Box-Muller, float32
+    r0, r1, r2, r3 = Philox4x32-10(key=(seed_lo, seed_hi), counter=(lo(p), hi(p), 0, 0)),  p = k >> 2
+    (a, b) = (r0, r1) if k % 4 < 2 else (r2, r3)
+    u1 = ((a >> 8) + 0.5) / 2**24,  u2 = ((b >> 8) + 0.5) / 2**24        # exact in float32, in (0, 1]
+    z  = sqrt(-2 log u1) * (cos(2 pi u2) if k is even else sin(2 pi u2))  # Box-Muller's pair, float32
 
+Using all four Philox words and both of Box-Muller's normals quarters the Philox rounds per
+element; that and a vectorised log / sin / cos (csrc/cpu/philox_block.h) make in-kernel noise on
+the CPU cheaper than torch.randn.
 (Philox: Salmon et al., "Parallel random numbers: as easy as 1, 2, 3", SC 2011.) The Triton
 kernels (``kernels/philox.py``), the CUDA and C++ kernels (``csrc/philox.h``) and
 :func:`philox_normal_ref` below compute the same z up to float32 rounding of log and cos.
@@ -53,11 +58,15 @@ def philox_normal_ref(state: torch.Tensor, numel: int) -> torch.Tensor:
 
     Runs on the state's device with tensor ops only (no host synchronisation).
     """
-    counter = torch.arange(numel, dtype=torch.int64, device=state.device) + state[1]
-    r0, r1, _, _ = philox4x32_ref(state[0], counter)
-    u1 = ((r0 >> 8).to(torch.float32) + 0.5) * 2.0**-24
-    u2 = ((r1 >> 8).to(torch.float32) + 0.5) * 2.0**-24
-    return torch.sqrt(-2.0 * torch.log(u1)) * torch.cos(6.283185307179586 * u2)
+    position = torch.arange(numel, dtype=torch.int64, device=state.device) + state[1]
+    r0, r1, r2, r3 = philox4x32_ref(state[0], position >> 2)
+    second = (position & 2).bool()
+    w_radius, w_angle = torch.where(second, r2, r0), torch.where(second, r3, r1)
+    u1 = ((w_radius >> 8).to(torch.float32) + 0.5) * 2.0**-24
+    u2 = ((w_angle >> 8).to(torch.float32) + 0.5) * 2.0**-24
+    angle = 6.283185307179586 * u2
+    odd = (position & 1).bool()
+    return torch.sqrt(-2.0 * torch.log(u1)) * torch.where(odd, torch.sin(angle), torch.cos(angle))
 
 
 def new_seed() -> int:

@@ -11,46 +11,14 @@
 
 #include "../dtypes.h"
 #include "parallel.h"
+#include "philox_block.h"
 
 namespace fastgen {
 namespace {
 
 enum Mode : int { kEpsilon = 0, kSample = 1, kVPrediction = 2 };
-constexpr int kLanes = 16;       // elements per Philox block: one AVX-512 register of 32-bit lanes
+constexpr int kLanes = kNormalBlock;  // elements per block: one Philox block, kLanes running sums
 constexpr int64_t kChunk = 1 << 14;  // elements per (sample, chunk) job and per partial sum
-
-// Philox4x32-10 + Box-Muller for counters [counter, counter + n), n <= kLanes, as in csrc/philox.h.
-// The rounds run on all lanes at once (GCC vectorises the 32x32->64 multiplies); log and cos stay
-// the scalar libm calls of philox.h so that eps is bit-identical to add_noise's on the CPU.
-inline void philox_normal_block(uint64_t seed, uint64_t counter, int n, float* z) {
-  uint32_t c0[kLanes], c1[kLanes], c2[kLanes], c3[kLanes];
-  for (int j = 0; j < kLanes; ++j) {
-    const uint64_t c = counter + static_cast<uint64_t>(j);
-    c0[j] = static_cast<uint32_t>(c);
-    c1[j] = static_cast<uint32_t>(c >> 32);
-    c2[j] = 0;
-    c3[j] = 0;
-  }
-  uint32_t k0 = static_cast<uint32_t>(seed), k1 = static_cast<uint32_t>(seed >> 32);
-  for (int round = 0; round < 10; ++round) {
-    for (int j = 0; j < kLanes; ++j) {
-      const uint64_t p0 = static_cast<uint64_t>(0xD2511F53u) * c0[j], p1 = static_cast<uint64_t>(0xCD9E8D57u) * c2[j];
-      const uint32_t n0 = static_cast<uint32_t>(p1 >> 32) ^ c1[j] ^ k0, n2 = static_cast<uint32_t>(p0 >> 32) ^ c3[j] ^ k1;
-      c1[j] = static_cast<uint32_t>(p1);
-      c3[j] = static_cast<uint32_t>(p0);
-      c0[j] = n0;
-      c2[j] = n2;
-    }
-    k0 += 0x9E3779B9u;
-    k1 += 0xBB67AE85u;
-  }
-  float u1[kLanes], u2[kLanes];
-  for (int j = 0; j < kLanes; ++j) {
-    u1[j] = (static_cast<float>(c0[j] >> 8) + 0.5f) * 5.9604644775390625e-08f;  // 2^-24
-    u2[j] = (static_cast<float>(c1[j] >> 8) + 0.5f) * 5.9604644775390625e-08f;
-  }
-  for (int j = 0; j < n; ++j) z[j] = sqrtf(-2.0f * logf(u1[j])) * cosf(6.283185307179586f * u2[j]);
-}
 
 // Per-sample context: the target coefficients and where eps comes from.
 struct Sample {
