@@ -77,7 +77,7 @@ setup(
     version="0.1.0",
     description="Kernel-accelerated generative models in PyTorch: fused Triton/CUDA diffusion ops, drop-in schedulers",
     python_requires=">=3.10",
-    packages=["fastgen", "fastgen.ops", "fastgen.diffusion", "fastgen.kernels"],
+    packages=["fastgen", "fastgen.ops", "fastgen.diffusion", "fastgen.gan", "fastgen.models", "fastgen.data", "fastgen.kernels"],
     package_dir={"fastgen.kernels": "kernels"},
     package_data={"fastgen": ["_build_info.txt"]},
     ext_modules=ext_modules,

@@ -207,6 +207,14 @@ def scheduler_loops(case: DiffusionCase, steps: int, timing: dict, names=SCHEDUL
             cmp.skip("fastgen", f"fastgen.diffusion.{name} is not available (not implemented yet)")
         else:
             cmp.add("fastgen", _scheduler_loop(cls(), steps, case.model_output, case.noise))
+            if case.device.type == "cpu" and name == "DDPMScheduler":
+                # Without a generator a CPU step draws torch.randn by default, so torch.manual_seed
+                # reproduces diffusers number for number; that draw is most of the step. The
+                # in-kernel Philox source (the accelerators' default) is the fast option.
+                fast = cls()
+                fast.cpu_noise = "philox"
+                cmp.add("fastgen[cpu_noise=philox]", _scheduler_loop(fast, steps, case.model_output, case.noise),
+                        note="noise drawn in the kernel, not torch.randn")
         out.append(cmp)
     return out
 
