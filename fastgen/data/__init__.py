@@ -1,0 +1,1 @@
+"""Data sets shipped or generated in the package (nothing is downloaded)."""
