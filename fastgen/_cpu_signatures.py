@@ -16,8 +16,9 @@ SIGNATURES = {
     # dtype, sample, model, prev, prev_dtype, noise, out, x0, index, index_stride, coefs, num_rows, rng,
     # clip, batch, per_sample
     "fastgen_sampling_step_cpu": [_INT, _P, _P, _P, _INT, _P, _P, _P, _P, _I64, _P, _I64, _P, _F32, _I64, _I64],
-    # mode, pred_dtype, x_dtype, pred, x0, noise, t, t_stride, abar, num_train, rng, batch, per_sample, sums
-    "fastgen_diffusion_loss_fwd_cpu": [_INT, _INT, _INT, _P, _P, _P, _P, _I64, _P, _I64, _P, _I64, _I64, _P],
+    # mode, pred_dtype, x_dtype, pred, x0, noise, t, t_stride, abar, num_train, rng, batch, per_sample, sums,
+    # residual
+    "fastgen_diffusion_loss_fwd_cpu": [_INT, _INT, _INT, _P, _P, _P, _P, _I64, _P, _I64, _P, _I64, _I64, _P, _P],
     # mode, pred_dtype, x_dtype, pred, x0, noise, t, t_stride, abar, num_train, rng, scale, batch, per_sample,
     # grad_pred, grad_x0
     "fastgen_diffusion_loss_bwd_cpu": [_INT, _INT, _INT, _P, _P, _P, _P, _I64, _P, _I64, _P, _P, _I64, _I64, _P, _P],

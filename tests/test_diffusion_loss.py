@@ -188,8 +188,10 @@ def test_opcheck(device, impl):
     x0 = torch.randn(2, 3, 4, 4, device=device, requires_grad=True)
     t, table = torch.tensor([1, 2], device=device), alphas_cumprod(device)
     state = torch.tensor([1, 0], device=device)
-    torch.library.opcheck(_diffusion_loss_op, (pred, x0, t, table, None, state, "v_prediction", impl))
-    torch.library.opcheck(_diffusion_loss_op, (pred, x0, t, table, torch.randn_like(x0), None, "sample", impl))
+    for save_residual in (False, True):  # True: the CPU kernel also returns the residual for its backward
+        torch.library.opcheck(_diffusion_loss_op, (pred, x0, t, table, None, state, "v_prediction", save_residual, impl))
+        torch.library.opcheck(_diffusion_loss_op,
+                              (pred, x0, t, table, torch.randn_like(x0), None, "sample", save_residual, impl))
     if impl != "reference":
         scale = torch.rand(2, device=device)
         torch.library.opcheck(_diffusion_loss_backward_op,

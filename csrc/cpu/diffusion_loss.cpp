@@ -1,6 +1,8 @@
 // The diffusion training loss on the CPU, eps regenerated instead of stored:
 //   target = x0 (sample), eps (epsilon) or sqrt(a) * eps - sqrt(1 - a) * x0 (v_prediction), a = abar[t_b]
-//   forward:  sums[b] = sum_i (pred_i - target_i)^2 over sample b, float32
+//   forward:  sums[b] = sum_i (pred_i - target_i)^2 over sample b, float32; optionally the residual
+//             d = pred - target written out (pred's dtype), so that the backward is one scaling pass
+//             and never regenerates eps (on a CPU, generating eps costs more than a pass over memory)
 //   backward: grad_pred = s_b * d,  grad_x0 = -A_b * s_b * d   (d = pred - target, s_b = 2 * dL/dsums[b])
 // eps is the caller's noise or Philox element i (storage index) of the state [seed, offset], the same
 // numbers as csrc/cpu/add_noise.cpp. A C ABI (no torch headers): fastgen loads it with ctypes.
@@ -68,7 +70,7 @@ inline void for_each_job(int64_t batch, int64_t per_sample, Body body) {
 
 template <int MODE, typename P, typename X>
 void loss_forward(const P* pred, const X* x0, const X* noise, const int64_t* t, int64_t t_stride, const float* abar,
-                  int64_t num_train, const int64_t* rng, int64_t batch, int64_t per_sample, float* sums) {
+                  int64_t num_train, const int64_t* rng, int64_t batch, int64_t per_sample, float* sums, P* residual) {
   const uint64_t seed = rng ? static_cast<uint64_t>(rng[0]) : 0, offset = rng ? static_cast<uint64_t>(rng[1]) : 0;
   const int64_t chunks = (per_sample + kChunk - 1) / kChunk;
   std::vector<float> partial(static_cast<size_t>(batch * chunks));
@@ -80,10 +82,14 @@ void loss_forward(const P* pred, const X* x0, const X* noise, const int64_t* t, 
     for (; i + kLanes <= end; i += kLanes) {
       residual_block<MODE, true>(pred, x0, noise, seed, offset, s, i, kLanes, d);
       for (int j = 0; j < kLanes; ++j) lane[j] += d[j] * d[j];
+      if (residual)
+        for (int j = 0; j < kLanes; ++j) residual[i + j] = from_float<P>(d[j]);
     }
     const int tail = static_cast<int>(end - i);
     residual_block<MODE, false>(pred, x0, noise, seed, offset, s, i, tail, d);
     for (int j = 0; j < tail; ++j) lane[j] += d[j] * d[j];
+    if (residual)
+      for (int j = 0; j < tail; ++j) residual[i + j] = from_float<P>(d[j]);
     float total = 0.0f;
     for (int j = 0; j < kLanes; ++j) total += lane[j];
     partial[job] = total;
@@ -157,9 +163,9 @@ template <int M, typename P, typename X>
 struct Forward {
   static void run(const void* pred, const void* x0, const void* noise, const int64_t* t, int64_t t_stride,
                   const float* abar, int64_t num_train, const int64_t* rng, int64_t batch, int64_t per_sample,
-                  float* sums) {
+                  float* sums, void* residual) {
     loss_forward<M>(static_cast<const P*>(pred), static_cast<const X*>(x0), static_cast<const X*>(noise), t, t_stride,
-                    abar, num_train, rng, batch, per_sample, sums);
+                    abar, num_train, rng, batch, per_sample, sums, static_cast<P*>(residual));
   }
 };
 
@@ -180,13 +186,14 @@ struct Backward {
 using namespace fastgen;
 
 // mode: 0 epsilon, 1 sample, 2 v_prediction. pred in pred_dtype; x0 and noise in x_dtype; noise null
-// means eps from rng. Writes sums (batch,) float32.
+// means eps from rng. Writes sums (batch,) float32, and the residual pred - target in pred_dtype with
+// pred's strides unless residual is null.
 extern "C" int fastgen_diffusion_loss_fwd_cpu(int mode, int pred_dtype, int x_dtype, const void* pred, const void* x0,
                                               const void* noise, const int64_t* t, int64_t t_stride, const float* abar,
                                               int64_t num_train, const int64_t* rng, int64_t batch, int64_t per_sample,
-                                              float* sums) {
+                                              float* sums, void* residual) {
   return dispatch<Forward>(mode, pred_dtype, x_dtype, pred, x0, noise, t, t_stride, abar, num_train, rng, batch,
-                           per_sample, sums);
+                           per_sample, sums, residual);
 }
 
 // scale: (batch,) float32, 2 * dL/dsums[b]. grad_pred in pred_dtype; grad_x0 in x_dtype, or null.

@@ -78,28 +78,40 @@ def diffusion_loss_ref(model_output: torch.Tensor, x0: torch.Tensor, timesteps: 
 @torch.library.custom_op("fastgen::diffusion_loss", mutates_args=())
 def _diffusion_loss_op(model_output: torch.Tensor, x0: torch.Tensor, timesteps: torch.Tensor,
                        alphas_cumprod: torch.Tensor, noise: torch.Tensor | None, rng: torch.Tensor | None,
-                       prediction_type: str, impl: str) -> torch.Tensor:
+                       prediction_type: str, save_residual: bool, impl: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(per-sample sums (B,), the residual model_output - target or an empty tensor).
+
+    ``save_residual`` (the "cpu" kernel only) writes the residual in model_output's dtype and layout
+    during the forward pass, so the backward is one scaling pass instead of a second regeneration
+    of eps: on a CPU, Philox eps costs more than a pass over memory; on a GPU it is free, and the
+    Triton path regenerates it instead of storing a tensor.
+    """
+    empty = model_output.new_empty(0)
     if impl == "reference" or x0.numel() == 0:
-        return _sums_ref(model_output, x0, timesteps, alphas_cumprod, noise, rng, prediction_type)
+        return _sums_ref(model_output, x0, timesteps, alphas_cumprod, noise, rng, prediction_type), empty
     mode = PREDICTION_TYPES.index(prediction_type)
     if impl == "triton":
         from fastgen.kernels import diffusion_loss as kernel
 
-        return kernel.loss_forward(model_output, x0, noise, timesteps, alphas_cumprod, rng, mode)
+        return kernel.loss_forward(model_output, x0, noise, timesteps, alphas_cumprod, rng, mode), empty
     if impl == "cpu":
         batch = x0.shape[0]
         sums = torch.empty(batch, dtype=torch.float32)
+        residual = _layout.new_output(model_output) if save_residual else empty
         call(_native.cpu_lib(), "fastgen_diffusion_loss_fwd_cpu", mode, DTYPE_CODES[model_output.dtype],
              DTYPE_CODES[x0.dtype], ptr(model_output), ptr(x0), ptr(noise), ptr(timesteps), timesteps.stride(0),
-             ptr(alphas_cumprod), alphas_cumprod.numel(), ptr(rng), batch, x0.numel() // batch, ptr(sums))
-        return sums
+             ptr(alphas_cumprod), alphas_cumprod.numel(), ptr(rng), batch, x0.numel() // batch, ptr(sums),
+             ptr(residual) if save_residual else None)
+        return sums, residual
     raise AssertionError(impl)
 
 
 @_diffusion_loss_op.register_fake
-def _(model_output, x0, timesteps, alphas_cumprod, noise, rng, prediction_type, impl):
+def _(model_output, x0, timesteps, alphas_cumprod, noise, rng, prediction_type, save_residual, impl):
     acc = torch.promote_types(torch.promote_types(model_output.dtype, x0.dtype), torch.float32)
-    return model_output.new_empty(model_output.shape[:1], dtype=acc)
+    saved = save_residual and impl == "cpu" and x0.numel() > 0
+    residual = torch.empty_like(model_output) if saved else model_output.new_empty(0)
+    return model_output.new_empty(model_output.shape[:1], dtype=acc), residual
 
 
 @torch.library.custom_op("fastgen::diffusion_loss_backward", mutates_args=())
@@ -135,8 +147,10 @@ def _(scale, model_output, x0, timesteps, alphas_cumprod, noise, rng, prediction
 
 
 def _setup_context(ctx, inputs, output):
-    model_output, x0, timesteps, alphas_cumprod, noise, rng, prediction_type, impl = inputs
-    ctx.save_for_backward(model_output, x0, timesteps, alphas_cumprod, noise, rng)
+    model_output, x0, timesteps, alphas_cumprod, noise, rng, prediction_type, save_residual, impl = inputs
+    residual = output[1]
+    ctx.mark_non_differentiable(residual)
+    ctx.save_for_backward(model_output, x0, timesteps, alphas_cumprod, noise, rng, residual)
     ctx.prediction_type, ctx.impl = prediction_type, impl
 
 
@@ -154,9 +168,24 @@ def _backward_ref(grad, model_output, x0, timesteps, alphas_cumprod, noise, rng,
     return gp.to(model_output.dtype), grad_x0, grad_noise
 
 
-def _backward(ctx, grad):
-    model_output, x0, timesteps, alphas_cumprod, noise, rng = ctx.saved_tensors
+def _backward_from_residual(grad, residual, x0, timesteps, alphas_cumprod, prediction_type, needs):
+    """The gradient as a scaling of the saved residual d: grad_pred = s_b d, grad_x0 = -(dtarget/dx0) s_b d."""
+    s = _layout.per_sample(2.0 * grad.float(), residual)
+    grad_pred = (s * residual.float()).to(residual.dtype) if needs[0] else None
+    grad_x0 = None
+    if needs[1] and prediction_type != "epsilon":
+        abar = alphas_cumprod[timesteps.clamp(0, alphas_cumprod.numel() - 1)]
+        dtarget_dx0 = torch.ones_like(abar) if prediction_type == "sample" else -(1.0 - abar).sqrt()
+        grad_x0 = (-_layout.per_sample(dtarget_dx0, x0) * s * residual.float()).to(x0.dtype)
+    return grad_pred, grad_x0
+
+
+def _backward(ctx, grad, _grad_residual):
+    model_output, x0, timesteps, alphas_cumprod, noise, rng, residual = ctx.saved_tensors
     needs = ctx.needs_input_grad
+    if residual.numel() > 0:
+        g_pred, g_x0 = _backward_from_residual(grad, residual, x0, timesteps, alphas_cumprod, ctx.prediction_type, needs)
+        return g_pred, g_x0, None, None, None, None, None, None, None
     if ctx.impl == "reference" or needs[4]:
         g_pred, g_x0, g_noise = _backward_ref(grad, model_output, x0, timesteps, alphas_cumprod, noise, rng,
                                               ctx.prediction_type, needs)
@@ -165,7 +194,7 @@ def _backward(ctx, grad):
         g_pred, g_x0 = _diffusion_loss_backward_op(2.0 * grad.float(), model_output, x0, timesteps, alphas_cumprod,
                                                    noise, rng, ctx.prediction_type, want_x0, ctx.impl)
         g_x0, g_noise = (g_x0 if want_x0 else None), None
-    return (g_pred if needs[0] else None), g_x0, None, None, g_noise, None, None, None
+    return (g_pred if needs[0] else None), g_x0, None, None, g_noise, None, None, None, None
 
 
 _diffusion_loss_op.register_autograd(_backward, setup_context=_setup_context)
@@ -218,5 +247,7 @@ def diffusion_loss(model_output: torch.Tensor, x0: torch.Tensor, timesteps, alph
     chosen = _impl.resolve("diffusion_loss", impl, x0.device, IMPLS, dtype)
     if chosen != "reference" and noise is not None:
         noise = noise.to(x0.dtype)  # the kernels read eps in x0's dtype, as add_noise does
-    sums = _diffusion_loss_op(model_output, x0, t, table, noise, rng, prediction_type, chosen)
+    save_residual = (chosen == "cpu" and torch.is_grad_enabled() and (model_output.requires_grad or x0.requires_grad)
+                     and not (noise is not None and noise.requires_grad))
+    sums, _ = _diffusion_loss_op(model_output, x0, t, table, noise, rng, prediction_type, save_residual, chosen)
     return _reduce(sums, x0, reduction)

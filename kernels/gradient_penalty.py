@@ -1,0 +1,91 @@
+"""Gradient-penalty kernels: the interpolation x_hat = alpha_b * real + (1 - alpha_b) * fake and the
+per-sample sum of squares of a gradient, each one pass over memory.
+
+Both walk batch-major dense tensors as flat storage (fastgen/_layout.py): program (b, chunk) covers
+elements [chunk * BLOCK, (chunk + 1) * BLOCK) of sample b.
+"""
+import torch
+import triton
+import triton.language as tl
+
+from .add_noise import block_for
+
+
+@triton.jit
+def _interpolate_kernel(
+    real_ptr,  # (B * S,) real samples in storage order, any float dtype
+    fake_ptr,  # (B * S,) generated samples, same layout and dtype
+    alpha_ptr,  # float32 (B,) interpolation weight of real, one per sample
+    out_ptr,  # (B * S,) x_hat, the dtype of real
+    per_sample,  # S, elements of one sample
+    chunks_per_sample,  # cdiv(S, BLOCK)
+    BLOCK: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    b = pid // chunks_per_sample
+    s = (pid % chunks_per_sample) * BLOCK + tl.arange(0, BLOCK)
+    mask = s < per_sample
+    idx = b.to(tl.int64) * per_sample + s
+    alpha = tl.load(alpha_ptr + b)
+    real = tl.load(real_ptr + idx, mask=mask).to(tl.float32)
+    fake = tl.load(fake_ptr + idx, mask=mask).to(tl.float32)
+    tl.store(out_ptr + idx, alpha * real + (1.0 - alpha) * fake, mask=mask)
+
+
+@triton.jit
+def _sum_of_squares_kernel(
+    grad_ptr,  # (B * S,) gradient in storage order, any float dtype
+    partial_ptr,  # float32 (B * chunks_per_sample,) one partial sum per program
+    per_sample,  # S
+    chunks_per_sample,  # cdiv(S, BLOCK)
+    BLOCK: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    b = pid // chunks_per_sample
+    s = (pid % chunks_per_sample) * BLOCK + tl.arange(0, BLOCK)
+    mask = s < per_sample
+    g = tl.load(grad_ptr + b.to(tl.int64) * per_sample + s, mask=mask, other=0.0).to(tl.float32)
+    tl.store(partial_ptr + pid, tl.sum(g * g, axis=0))
+
+
+@triton.jit
+def _scale_kernel(
+    grad_ptr,  # (B * S,) gradient in storage order, any float dtype
+    coef_ptr,  # float32 (B,) per-sample factor
+    out_ptr,  # (B * S,) coef_b * grad, grad's dtype
+    per_sample,  # S
+    chunks_per_sample,  # cdiv(S, BLOCK)
+    BLOCK: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    b = pid // chunks_per_sample
+    s = (pid % chunks_per_sample) * BLOCK + tl.arange(0, BLOCK)
+    mask = s < per_sample
+    idx = b.to(tl.int64) * per_sample + s
+    g = tl.load(grad_ptr + idx, mask=mask).to(tl.float32)
+    tl.store(out_ptr + idx, tl.load(coef_ptr + b) * g, mask=mask)
+
+
+def _grid(x: torch.Tensor) -> tuple[int, int, int]:
+    """(per_sample, chunks_per_sample, BLOCK) for a batch-major tensor with a non-empty batch."""
+    per_sample = x.numel() // x.shape[0]
+    block = block_for(per_sample)
+    return per_sample, triton.cdiv(per_sample, block), block
+
+
+def interpolate(real: torch.Tensor, fake: torch.Tensor, alpha: torch.Tensor, out: torch.Tensor) -> None:
+    per_sample, chunks, block = _grid(real)
+    _interpolate_kernel[(real.shape[0] * chunks,)](real, fake, alpha, out, per_sample, chunks, BLOCK=block, num_warps=4)
+
+
+def sum_of_squares(grad: torch.Tensor) -> torch.Tensor:
+    """Per-sample sum of squares, float32 (B,): partial sums per program, then a fixed-order sum."""
+    per_sample, chunks, block = _grid(grad)
+    partial = torch.empty(grad.shape[0] * chunks, dtype=torch.float32, device=grad.device)
+    _sum_of_squares_kernel[(grad.shape[0] * chunks,)](grad, partial, per_sample, chunks, BLOCK=block, num_warps=4)
+    return partial.view(grad.shape[0], chunks).sum(dim=1)
+
+
+def scale(grad: torch.Tensor, coef: torch.Tensor, out: torch.Tensor) -> None:
+    per_sample, chunks, block = _grid(grad)
+    _scale_kernel[(grad.shape[0] * chunks,)](grad, coef, out, per_sample, chunks, BLOCK=block, num_warps=4)
