@@ -4,3 +4,5 @@ from .scheduling_ddim import DDIMScheduler
 from .scheduling_ddpm import DDPMScheduler
 from .scheduling_dpmsolver_multistep import DPMSolverMultistepScheduler
 from .training import training_loss
+
+__all__ = ["sample", "DDIMScheduler", "DDPMScheduler", "DPMSolverMultistepScheduler", "training_loss"]

@@ -1,1 +1,16 @@
-"""Models as plain nn.Modules: DCGAN, PatchGAN, MLPs for 2-D data."""
+"""Models as plain nn.Modules: DCGAN, PatchGAN, MLPs for 2-D data.
+
+    DCGANGenerator, DCGANDiscriminator   Radford et al. 2016, square images of power-of-two size >= 16
+    PatchGANDiscriminator                Isola et al. 2017 (pix2pix), a map of patch logits
+    receptive_field(n_layers)            the input patch one PatchGAN output sees (70 for 3 layers)
+    MLPGenerator, MLPDiscriminator       fully connected, for low-dimensional toy data
+
+Discriminators return raw logits (no sigmoid) for :mod:`fastgen.gan.losses`, take
+``norm="layer"``/``"instance"``/``"none"`` for gradient penalties and ``spectral_norm=True``.
+"""
+from .dcgan import DCGANDiscriminator, DCGANGenerator
+from .mlp import MLPDiscriminator, MLPGenerator
+from .patchgan import PatchGANDiscriminator, receptive_field
+
+__all__ = ["DCGANGenerator", "DCGANDiscriminator", "PatchGANDiscriminator", "receptive_field",
+           "MLPGenerator", "MLPDiscriminator"]
