@@ -150,6 +150,7 @@ def _setup_context(ctx, inputs, output):
     model_output, x0, timesteps, alphas_cumprod, noise, rng, prediction_type, save_residual, impl = inputs
     residual = output[1]
     ctx.mark_non_differentiable(residual)
+    ctx.set_materialize_grads(False)  # no zero-filled gradient for the residual: nothing reads it
     ctx.save_for_backward(model_output, x0, timesteps, alphas_cumprod, noise, rng, residual)
     ctx.prediction_type, ctx.impl = prediction_type, impl
 
@@ -183,6 +184,8 @@ def _backward_from_residual(grad, residual, x0, timesteps, alphas_cumprod, predi
 def _backward(ctx, grad, _grad_residual):
     model_output, x0, timesteps, alphas_cumprod, noise, rng, residual = ctx.saved_tensors
     needs = ctx.needs_input_grad
+    if grad is None:  # grads are not materialised (see _setup_context): the loss was not used
+        return None, None, None, None, None, None, None, None, None
     if residual.numel() > 0:
         g_pred, g_x0 = _backward_from_residual(grad, residual, x0, timesteps, alphas_cumprod, ctx.prediction_type, needs)
         return g_pred, g_x0, None, None, None, None, None, None, None
