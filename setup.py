@@ -77,12 +77,13 @@ setup(
     version="0.1.0",
     description="Kernel-accelerated generative models in PyTorch: fused Triton/CUDA diffusion ops, drop-in schedulers",
     python_requires=">=3.10",
-    packages=["fastgen", "fastgen.ops", "fastgen.diffusion", "fastgen.gan", "fastgen.models", "fastgen.data", "fastgen.kernels"],
+    packages=["fastgen", "fastgen.ops", "fastgen.diffusion", "fastgen.nn", "fastgen.gan", "fastgen.models", "fastgen.data",
+              "fastgen.kernels"],
     package_dir={"fastgen.kernels": "kernels"},
-    package_data={"fastgen": ["_build_info.txt"]},
+    package_data={"fastgen": ["_build_info.txt"], "fastgen.data": ["digits.csv.gz", "DIGITS_LICENSE.txt"]},
     ext_modules=ext_modules,
     cmdclass=cmdclass,
-    install_requires=["torch>=2.5", "triton>=3.2", "numpy", "ninja", "tqdm"],
+    install_requires=["torch>=2.5", "triton>=3.2", "numpy", "ninja", "tqdm", "pillow"],
     # diffusers is the reference the benchmarks and tests compare with; fastgen itself never imports it.
     extras_require={
         "bench": ["diffusers>=0.30"],

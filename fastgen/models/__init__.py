@@ -4,6 +4,7 @@
     PatchGANDiscriminator                Isola et al. 2017 (pix2pix), a map of patch logits
     receptive_field(n_layers)            the input patch one PatchGAN output sees (70 for 3 layers)
     MLPGenerator, MLPDiscriminator       fully connected, for low-dimensional toy data
+    UNet                                 DDPM / improved-diffusion U-Net; UNet.ddpm_cifar10(), UNet.from_diffusers(m)
 
 Discriminators return raw logits (no sigmoid) for :mod:`fastgen.gan.losses`, take
 ``norm="layer"``/``"instance"``/``"none"`` for gradient penalties and ``spectral_norm=True``.
@@ -11,6 +12,7 @@ Discriminators return raw logits (no sigmoid) for :mod:`fastgen.gan.losses`, tak
 from .dcgan import DCGANDiscriminator, DCGANGenerator
 from .mlp import MLPDiscriminator, MLPGenerator
 from .patchgan import PatchGANDiscriminator, receptive_field
+from .unet import UNet
 
 __all__ = ["DCGANGenerator", "DCGANDiscriminator", "PatchGANDiscriminator", "receptive_field",
-           "MLPGenerator", "MLPDiscriminator"]
+           "MLPGenerator", "MLPDiscriminator", "UNet"]

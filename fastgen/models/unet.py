@@ -30,7 +30,6 @@ class _Level(nn.Module):
         super().__init__()
         self.resblocks = nn.ModuleList(resblocks)
         self.attentions = None if attentions is None else nn.ModuleList(attentions)
-        self.resample_name = resample_name
         setattr(self, resample_name, resample)  # "downsample" or "upsample": says which in the state dict
 
 
@@ -87,7 +86,11 @@ class UNet(nn.Module):
         self.image_size = image_size
         self.num_levels = len(chans)
         temb = temb_channels or 4 * base_channels
-        attn_levels = {i for i in range(len(chans)) if image_size // 2 ** i in set(attention_resolutions)}
+        level_sizes = [image_size // 2 ** i for i in range(len(chans))]
+        if any(r not in level_sizes for r in attention_resolutions):
+            raise ValueError(f"attention_resolutions must be among the levels' resolutions {tuple(level_sizes)} "
+                             f"(image_size={image_size}), got {tuple(attention_resolutions)}")
+        attn_levels = {i for i, r in enumerate(level_sizes) if r in set(attention_resolutions)}
         res = dict(temb_ch=temb, groups=groups, dropout=dropout, scale_shift=scale_shift, eps=eps)
 
         def attn(ch: int, scale: float = 1.0) -> SelfAttention2d:
@@ -101,17 +104,18 @@ class UNet(nn.Module):
         skips, ch = [base_channels], base_channels
         self.down_levels = nn.ModuleList()
         for i, out in enumerate(chans):
-            blocks, attns = [], []
+            blocks, attns = [], [] if i in attn_levels else None
             for _ in range(num_res_blocks):
                 blocks.append(ResBlock(ch, out, **res))
-                attns.append(attn(out))
+                if attns is not None:
+                    attns.append(attn(out))
                 ch = out
                 skips.append(ch)
             last = i == len(chans) - 1
             down = None if last else Downsample(ch, use_conv=conv_resample, padding=downsample_padding)
             if not last:
                 skips.append(ch)
-            self.down_levels.append(_Level(blocks, attns if i in attn_levels else None, down, "downsample"))
+            self.down_levels.append(_Level(blocks, attns, down, "downsample"))
 
         self.mid = nn.ModuleDict({"res1": ResBlock(ch, ch, **res, output_scale_factor=mid_scale_factor),
                                   "attn": attn(ch, mid_scale_factor),
@@ -119,13 +123,14 @@ class UNet(nn.Module):
 
         self.up_levels = nn.ModuleList()
         for i, out in reversed(list(enumerate(chans))):
-            blocks, attns = [], []
+            blocks, attns = [], [] if i in attn_levels else None
             for _ in range(num_res_blocks + 1):
                 blocks.append(ResBlock(ch + skips.pop(), out, **res))
-                attns.append(attn(out))
+                if attns is not None:
+                    attns.append(attn(out))
                 ch = out
             up = None if i == 0 else Upsample(ch, use_conv=conv_resample)
-            self.up_levels.append(_Level(blocks, attns if i in attn_levels else None, up, "upsample"))
+            self.up_levels.append(_Level(blocks, attns, up, "upsample"))
 
         self.norm_out = GroupNormAct(groups, ch, eps, activation="silu")
         self.conv_out = nn.Conv2d(ch, out_channels, 3, padding=1)
@@ -175,7 +180,8 @@ class UNet(nn.Module):
                 raise ValueError("y (class labels) was given but the UNet was built with num_classes=None")
             return emb
         if y is None:
-            raise ValueError(f"y (class labels of shape ({b},)) is required: the UNet has num_classes={self.num_classes}")
+            raise ValueError(f"y (class labels of shape ({b},)) is required: the UNet has "
+                             f"num_classes={self.num_classes}")
         if not isinstance(y, torch.Tensor) or y.dtype.is_floating_point or y.dtype == torch.bool or y.shape != (b,):
             raise ValueError(f"y must be an integer tensor of shape ({b},), got "
                              f"{(y.dtype, tuple(y.shape)) if isinstance(y, torch.Tensor) else type(y).__name__}")

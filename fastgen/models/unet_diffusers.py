@@ -35,7 +35,8 @@ _UP = ("UpBlock2D", "AttnUpBlock2D")
 def _require(config, name, allowed) -> None:
     value = config.get(name, allowed[0])
     if value not in allowed:
-        raise ValueError(f"UNet2DModel config {name}={value!r} is not supported by fastgen's UNet (supported: {allowed})")
+        raise ValueError(f"UNet2DModel config {name}={value!r} is not supported by fastgen's UNet "
+                         f"(supported: {allowed})")
 
 
 def unet_kwargs_from_diffusers_config(config) -> dict:
@@ -51,12 +52,11 @@ def unet_kwargs_from_diffusers_config(config) -> dict:
     _require(config, "upsample_type", ("conv",))
     _require(config, "attn_norm_num_groups", (None,))
     _require(config, "resnet_time_scale_shift", ("default", "scale_shift"))
-    scale_shift = config.get("resnet_time_scale_shift", "default") == "scale_shift"
-    if scale_shift:
+    if config.get("resnet_time_scale_shift") == "scale_shift":
         # diffusers' mid block then builds its attention without GroupNorm (attn_groups=None), a layout
         # fastgen's UNet does not reproduce.
-        raise ValueError("UNet2DModel config resnet_time_scale_shift='scale_shift' is not supported: diffusers' mid-block "
-                         "attention has no GroupNorm in that mode, unlike fastgen's UNet")
+        raise ValueError("UNet2DModel config resnet_time_scale_shift='scale_shift' is not supported: diffusers' "
+                         "mid-block attention has no GroupNorm in that mode, unlike fastgen's UNet")
     boc = tuple(config["block_out_channels"])
     down, up = tuple(config["down_block_types"]), tuple(config["up_block_types"])
     if any(b not in _DOWN for b in down) or any(b not in _UP for b in up):
@@ -73,10 +73,11 @@ def unet_kwargs_from_diffusers_config(config) -> dict:
     size = config.get("sample_size") or 2 ** (len(boc) - 1)
     size = size[0] if isinstance(size, (tuple, list)) else size
     head_dim = config.get("attention_head_dim")
-    return dict(in_channels=config.get("in_channels", 3), out_channels=config.get("out_channels", 3), base_channels=base,
-                channel_mult=tuple(c // base for c in boc), num_res_blocks=config.get("layers_per_block", 2),
+    return dict(in_channels=config.get("in_channels", 3), out_channels=config.get("out_channels", 3),
+                base_channels=base, channel_mult=tuple(c // base for c in boc),
+                num_res_blocks=config.get("layers_per_block", 2),
                 attention_resolutions=tuple(size // 2 ** i for i in attn_down), heads=1, head_dim=head_dim,
-                dropout=config.get("dropout", 0.0), scale_shift=scale_shift,
+                dropout=config.get("dropout", 0.0), scale_shift=False,
                 num_classes=config.get("num_class_embeds"), image_size=size, groups=config.get("norm_num_groups", 32),
                 eps=config.get("norm_eps", 1e-5), temb_channels=config.get("time_embedding_dim"),
                 flip_sin_to_cos=config.get("flip_sin_to_cos", True), freq_shift=config.get("freq_shift", 0),
@@ -131,7 +132,8 @@ def unet_from_diffusers(model) -> UNet:
     """fastgen's UNet with the config and weights of the diffusers UNet2DModel ``model``."""
     config = getattr(model, "config", None)
     if config is None or not hasattr(model, "state_dict"):
-        raise TypeError(f"model must be a diffusers UNet2DModel (with .config and .state_dict()), got {type(model).__name__}")
+        raise TypeError(f"model must be a diffusers UNet2DModel (with .config and .state_dict()), "
+                        f"got {type(model).__name__}")
     unet = UNet(**unet_kwargs_from_diffusers_config(config))
     param = next(model.parameters())
     unet.load_diffusers_state_dict(model.state_dict())

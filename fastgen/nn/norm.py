@@ -1,0 +1,92 @@
+"""GroupNorm with its activation (and a U-Net's time-embedding add or scale-shift) as one module.
+
+:class:`GroupNormAct` is the nn.Module face of :func:`fastgen.ops.group_norm.group_norm`: it holds
+the affine parameters under the names ``weight`` and ``bias``, exactly as ``torch.nn.GroupNorm``
+does, so a state dict written for one loads into the other, and :mod:`fastgen.accelerate` can swap
+one for the other while sharing the very same ``Parameter`` objects.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..ops.group_norm import ACTIVATIONS, group_norm
+
+__all__ = ["GroupNormAct"]
+
+
+class GroupNormAct(nn.Module):
+    """``act(GroupNorm(x + emb) * weight + bias) * (1 + scale) + shift``, fused where a kernel exists.
+
+    Args:
+        num_groups: a divisor of ``num_channels``.
+        num_channels: C.
+        eps: added to the per-(sample, group) variance.
+        activation: ``"silu"`` (applied last, after scale/shift) or None.
+        affine: learnable per-channel ``weight`` (ones) and ``bias`` (zeros), as ``nn.GroupNorm``.
+
+    Forward: ``x`` (B, C, *spatial), any floating dtype, NCHW or channels_last; optional keyword
+    inputs ``emb`` (B, C) added before the statistics (diffusers' ResnetBlock2D "default" mode),
+    ``scale`` and ``shift`` (B, C) applied after the affine (improved-diffusion's
+    use_scale_shift_norm). Returns x's shape, dtype and memory format.
+    """
+
+    def __init__(self, num_groups: int, num_channels: int, eps: float = 1e-5, activation: str | None = "silu",
+                 affine: bool = True):
+        super().__init__()
+        if isinstance(num_groups, bool) or not isinstance(num_groups, int) or num_groups < 1:
+            raise ValueError(f"num_groups must be a positive int, got {num_groups!r}")
+        if isinstance(num_channels, bool) or not isinstance(num_channels, int) or num_channels < 1:
+            raise ValueError(f"num_channels must be a positive int, got {num_channels!r}")
+        if num_channels % num_groups != 0:
+            raise ValueError(f"num_groups ({num_groups}) must divide num_channels ({num_channels})")
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
+        if not eps > 0:
+            raise ValueError(f"eps must be > 0, got {eps!r}")
+        self.num_groups = num_groups
+        self.num_channels = num_channels
+        self.eps = float(eps)
+        self.activation = activation
+        self.affine = affine
+        if affine:
+            self.weight = nn.Parameter(torch.ones(num_channels))
+            self.bias = nn.Parameter(torch.zeros(num_channels))
+        else:
+            self.register_parameter("weight", None)
+            self.register_parameter("bias", None)
+
+    @classmethod
+    def from_group_norm(cls, norm: nn.GroupNorm, activation: str | None = None) -> "GroupNormAct":
+        """A GroupNormAct computing ``norm`` (then ``activation``), sharing its Parameter objects."""
+        if not isinstance(norm, nn.GroupNorm):
+            raise TypeError(f"norm must be a torch.nn.GroupNorm, got {type(norm).__name__}")
+        new = cls(norm.num_groups, norm.num_channels, norm.eps, activation, affine=False)
+        new.affine = norm.affine
+        if norm.affine:
+            new.weight = norm.weight  # the same Parameter: optimisers and state dicts keep working
+            new.bias = norm.bias
+        return new
+
+    def _check_per_channel(self, name: str, v: torch.Tensor, x: torch.Tensor) -> None:
+        if not isinstance(v, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor of shape (B, C), got {type(v).__name__}")
+        if v.shape != (x.shape[0], self.num_channels):
+            raise ValueError(f"{name} must have shape (B, C) = ({x.shape[0]}, {self.num_channels}), "
+                             f"got {tuple(v.shape)}")
+
+    def forward(self, x: torch.Tensor, *, emb: torch.Tensor | None = None, scale: torch.Tensor | None = None,
+                shift: torch.Tensor | None = None) -> torch.Tensor:
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+        if x.dim() < 2 or x.shape[1] != self.num_channels:
+            raise ValueError(f"x must have shape (B, {self.num_channels}, ...), got {tuple(x.shape)}")
+        for name, v in (("emb", emb), ("scale", scale), ("shift", shift)):
+            if v is not None:
+                self._check_per_channel(name, v, x)
+        return group_norm(x, self.num_groups, self.weight, self.bias, self.eps, emb=emb, scale=scale, shift=shift,
+                          activation=self.activation)
+
+    def extra_repr(self) -> str:
+        return (f"{self.num_groups}, {self.num_channels}, eps={self.eps}, activation={self.activation!r}, "
+                f"affine={self.affine}")
