@@ -1,1 +1,19 @@
-"""GANs: losses, regularizers (gradient penalty, R1/R2, lazy regularization, spectral norm), the trainer, metrics."""
+"""GANs: losses, gradient penalties, regularizers, the trainer and the mode-coverage metric.
+
+    losses        discriminator_loss / generator_loss: "ns", "minimax", "wgan", "lsgan", "hinge";
+                  adversarial_reconstruction_loss (VAE-GAN)
+    penalty       gradient_penalty(D, real, fake, kind="wgan-gp" | "wgan-gp-one-sided" | "r1" | "r2"),
+                  discriminator_objective (loss + penalty with the fewest passes of D)
+    regularizers  LazyRegularization (StyleGAN2), apply_spectral_norm (Miyato et al. 2018)
+    trainer       GANTrainer: n_critic, lazy regularization, EMA of G, AMP, atomic checkpoints, exact resume
+    metrics       mode_coverage on mixtures of Gaussians (unrolled GAN / VEEGAN / PacGAN)
+"""
+from .losses import LOSS_KINDS, adversarial_reconstruction_loss, discriminator_loss, generator_loss
+from .metrics import ModeCoverage, mode_coverage
+from .penalty import PENALTY_KINDS, discriminator_objective, gradient_penalty
+from .regularizers import LazyRegularization, apply_spectral_norm
+from .trainer import GANTrainer
+
+__all__ = ["LOSS_KINDS", "discriminator_loss", "generator_loss", "adversarial_reconstruction_loss",
+           "PENALTY_KINDS", "gradient_penalty", "discriminator_objective", "LazyRegularization",
+           "apply_spectral_norm", "GANTrainer", "ModeCoverage", "mode_coverage"]

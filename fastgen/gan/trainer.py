@@ -1,0 +1,517 @@
+"""The GAN training loop: every loss and gradient penalty, n_critic, lazy regularization, EMA, AMP, exact resume.
+
+One :meth:`GANTrainer.train_step` is one discriminator step on a real batch and, every
+``n_critic``-th call, one generator step (Goodfellow et al. 2014, Algorithm 1; Gulrajani et al.
+2017, Algorithm 1 for n_critic > 1):
+
+    D step   z ~ N(0, I) -> fake = G(z) (no graph to G);
+             minimise discriminator_loss(D(real), D(fake)) [+ gain * penalty, when due]
+    G step   fresh z ~ N(0, I); minimise generator_loss(D(G(z))), gradients to G only;
+             then ema <- lerp(ema, G, 1 - ema_decay)
+
+The D objective is :func:`fastgen.gan.penalty.discriminator_objective` (shared D forwards, fused
+penalty ops). With ``lazy_interval`` = k > 1 the penalty is applied on D steps 0, k, 2k, ... with
+gain k, and the default D optimizer's lr / betas get StyleGAN2's correction
+(:class:`fastgen.gan.regularizers.LazyRegularization`).
+
+Randomness: every latent and every WGAN-GP interpolation weight comes from the trainer's own
+``torch.Generator`` (on the training device, seeded with ``seed``); nothing else in the loop draws
+random numbers except the models themselves (dropout: torch's default generators). A checkpoint
+holds both, so training resumed from it continues exactly as uninterrupted training would, given
+the same batches after the checkpoint (the batch stream is the caller's: resume it too, e.g. by
+restoring its generator's state).
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import operator
+import os
+import tempfile
+from typing import Callable, Iterable
+
+import torch
+import torch.nn as nn
+
+from . import losses
+from .penalty import PENALTY_KINDS, discriminator_objective, gradient_penalty
+from .regularizers import LazyRegularization
+
+logger = logging.getLogger("fastgen")
+
+__all__ = ["GANTrainer", "AMP_DTYPES"]
+
+AMP_DTYPES = (None, torch.bfloat16, torch.float16)
+_FORMAT = "fastgen.gan.GANTrainer/1"
+# Preview files: this many images (an 8 x 8 grid) or 2-D points (PacGAN's evaluation count), drawn
+# from a latent stream of their own so that every preview shows the same z and none moves training.
+_PREVIEW_IMAGES = 64
+_PREVIEW_POINTS = 2500
+_PREVIEW_SEED_OFFSET = 1
+_SCATTER_SIZE = 512  # pixels per side of a 2-D scatter plot
+
+
+def _int_at_least(name: str, value: object, minimum: int) -> int:
+    if isinstance(value, bool):
+        raise TypeError(f"{name} must be an int, got bool")
+    try:
+        value = operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}") from None
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+def _first_parameter(name: str, module: object) -> torch.Tensor:
+    if not isinstance(module, nn.Module):
+        raise TypeError(f"{name} must be a torch.nn.Module, got {type(module).__name__}")
+    try:
+        return next(module.parameters())
+    except StopIteration:
+        raise TypeError(f"{name} ({type(module).__name__}) has no parameters to train") from None
+
+
+def _check_optimizer(name: str, optimizer: object, module: nn.Module, module_name: str) -> torch.optim.Optimizer:
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise TypeError(f"{name} must be a torch.optim.Optimizer or None, got {type(optimizer).__name__}")
+    own = {id(p) for p in module.parameters()}
+    if any(id(p) not in own for group in optimizer.param_groups for p in group["params"]):
+        raise ValueError(f"{name} holds parameters that are not the {module_name}'s "
+                         "(an optimizer built for another model?)")
+    return optimizer
+
+
+def _atomic_write(path: str, write: Callable) -> None:
+    """Call ``write(binary_file)`` on a temp file beside ``path``, then rename it over ``path``:
+    readers see the old file or the whole new one, never a part (the temp file goes on failure)."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.basename(path), dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def _progress_bar(enabled: bool, total: int):
+    if not enabled:
+        return None
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        logger.warning("fastgen.gan.GANTrainer.fit: progress=True but tqdm is not installed; no progress bar")
+        return None
+    return tqdm(total=total, desc="GAN training")
+
+
+class GANTrainer:
+    """Trains ``generator`` against ``discriminator`` with any loss of :mod:`fastgen.gan.losses`.
+
+    Args:
+        generator: an nn.Module with an int attribute ``latent_dim``; ``generator(z)``, z
+            (B, latent_dim) of its parameters' dtype, returns samples (B, ...) shaped like the real data.
+        discriminator: an nn.Module mapping (B, ...) samples to logits with one row per sample.
+            Use one without batch statistics (no BatchNorm) with a gradient penalty.
+        loss: one of :data:`fastgen.gan.losses.LOSS_KINDS` ("ns", "minimax", "wgan", "lsgan", "hinge").
+        penalty: None or one of :data:`fastgen.gan.penalty.PENALTY_KINDS` ("wgan-gp",
+            "wgan-gp-one-sided", "r1", "r2"), applied to the discriminator.
+        penalty_weight: the penalty's weight (lambda of WGAN-GP, gamma of R1/R2), a number >= 0.
+        lazy_interval: apply the penalty every ``lazy_interval`` D steps with gain lazy_interval
+            (StyleGAN2 uses 16 for R1); > 1 needs a penalty.
+        n_critic: D steps per G step (WGAN-GP uses 5), an int >= 1.
+        g_optimizer, d_optimizer: optimizers over the generator's / discriminator's parameters;
+            None builds ``torch.optim.Adam(params, lr, betas)``, for D with lr and betas corrected
+            by ``LazyRegularization(lazy_interval).adjust_optimizer`` (an optimizer passed in is
+            used as given: apply that correction yourself).
+        lr, betas: the default Adam optimizers' hyper-parameters (DCGAN's 2e-4, (0.5, 0.999)).
+        ema_decay: None, or keep an exponential moving average of G's parameters with this decay
+            in (0, 1) (e.g. 0.999), updated after every G step; its buffers (batch-norm statistics)
+            are copied from G, as StyleGAN2 does. :meth:`sample` uses it.
+        amp_dtype: None (full precision), torch.bfloat16 or torch.float16: the forward passes run
+            under ``torch.autocast`` on the device; the gradient penalty (a gradient of a gradient)
+            is computed outside autocast, in the parameters' precision (float32). float16 adds a
+            ``torch.amp.GradScaler`` per network (whose inf check synchronises with the host).
+        device: where to train; G and D are moved there. None: where G's parameters are.
+        seed: seeds the trainer's generator of latents and interpolation weights, an int in [0, 2**63).
+
+    Attributes: ``generator``, ``discriminator``, ``g_optimizer``, ``d_optimizer``, ``ema`` (the
+    averaged copy of G, or None), ``device``, ``step`` (train_step calls so far; the G steps are
+    ``step // n_critic``).
+    """
+
+    def __init__(self, generator: nn.Module, discriminator: nn.Module, *, loss: str = "ns", penalty: str | None = None,
+                 penalty_weight: float = 10.0, lazy_interval: int = 1, n_critic: int = 1,
+                 g_optimizer: torch.optim.Optimizer | None = None, d_optimizer: torch.optim.Optimizer | None = None,
+                 lr: float = 2e-4, betas: tuple[float, float] = (0.5, 0.999), ema_decay: float | None = None,
+                 amp_dtype: torch.dtype | None = None, device: torch.device | str | None = None, seed: int = 0):
+        _first_parameter("generator", generator)
+        _first_parameter("discriminator", discriminator)
+        latent_dim = getattr(generator, "latent_dim", None)
+        if isinstance(latent_dim, bool) or not isinstance(latent_dim, int) or latent_dim < 1:
+            raise TypeError(f"generator must have an int attribute latent_dim >= 1 (the size of z), got {latent_dim!r}")
+        if loss not in losses.LOSS_KINDS:
+            raise ValueError(f"loss must be one of {losses.LOSS_KINDS}, got {loss!r}")
+        if penalty is not None and penalty not in PENALTY_KINDS:
+            raise ValueError(f"penalty must be None or one of {PENALTY_KINDS}, got {penalty!r}")
+        if (isinstance(penalty_weight, bool) or not isinstance(penalty_weight, (int, float))
+                or not math.isfinite(penalty_weight) or penalty_weight < 0):
+            raise ValueError(f"penalty_weight must be a finite number >= 0, got {penalty_weight!r}")
+        self.lazy = LazyRegularization(_int_at_least("lazy_interval", lazy_interval, 1))
+        if self.lazy.interval > 1 and penalty is None:
+            raise ValueError(f"lazy_interval={self.lazy.interval} needs a penalty: there is nothing to apply lazily")
+        self.n_critic = _int_at_least("n_critic", n_critic, 1)
+        if ema_decay is not None and (isinstance(ema_decay, bool) or not isinstance(ema_decay, (int, float))
+                                      or not 0 < ema_decay < 1):
+            raise ValueError(f"ema_decay must be None or a number in (0, 1), got {ema_decay!r}")
+        if amp_dtype not in AMP_DTYPES:
+            raise ValueError(f"amp_dtype must be one of {AMP_DTYPES}, got {amp_dtype!r}")
+        self.seed = _int_at_least("seed", seed, 0)
+        if self.seed >= 2**63:
+            raise ValueError(f"seed must be < 2**63, got {self.seed}")
+
+        if device is not None:
+            generator.to(device)
+            discriminator.to(device)
+        param = _first_parameter("generator", generator)
+        self.device, self._dtype = param.device, param.dtype
+        d_device = _first_parameter("discriminator", discriminator).device
+        if d_device != self.device:
+            raise ValueError(f"discriminator is on {d_device} but generator is on {self.device}; "
+                             "pass device= to move both")
+
+        self.generator, self.discriminator, self.latent_dim = generator, discriminator, latent_dim
+        self.loss, self.penalty, self.penalty_weight = loss, penalty, float(penalty_weight)
+        self.ema_decay, self.amp_dtype = ema_decay, amp_dtype
+        self._g_params = [p for p in generator.parameters() if p.requires_grad]
+        d_params = [p for p in discriminator.parameters() if p.requires_grad]
+        if not self._g_params or not d_params:
+            frozen = "generator" if not self._g_params else "discriminator"
+            raise ValueError(f"the {frozen} has no trainable parameters (all have requires_grad=False)")
+        if g_optimizer is None:
+            g_optimizer = torch.optim.Adam(self._g_params, lr=lr, betas=betas)
+        if d_optimizer is None:
+            d_lr, d_betas = self.lazy.adjust_optimizer(lr, betas) if self.lazy.interval > 1 else (lr, betas)
+            d_optimizer = torch.optim.Adam(d_params, lr=d_lr, betas=d_betas)
+        self.g_optimizer = _check_optimizer("g_optimizer", g_optimizer, generator, "generator")
+        self.d_optimizer = _check_optimizer("d_optimizer", d_optimizer, discriminator, "discriminator")
+        # GradScalers only for float16 (bfloat16 has float32's range); disabled ones are no-ops.
+        self._g_scaler = torch.amp.GradScaler(self.device.type, enabled=amp_dtype == torch.float16)
+        self._d_scaler = torch.amp.GradScaler(self.device.type, enabled=amp_dtype == torch.float16)
+
+        self.ema = None
+        if ema_decay is not None:
+            self.ema = copy.deepcopy(generator).requires_grad_(False).eval()
+        self._rng = torch.Generator(device=self.device).manual_seed(self.seed)
+        self.step = 0
+
+    # --- one step -------------------------------------------------------------------------------------
+
+    def _autocast(self):
+        return torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None)
+
+    def _latents(self, batch: int) -> torch.Tensor:
+        return torch.randn(batch, self.latent_dim, generator=self._rng, device=self.device, dtype=self._dtype)
+
+    def _check_real(self, real: object) -> torch.Tensor:
+        if not isinstance(real, torch.Tensor):
+            raise TypeError(f"real must be a torch.Tensor batch, got {type(real).__name__}")
+        if real.device != self.device:
+            raise ValueError(f"real is on {real.device} but the trainer is on {self.device}; move the batch there")
+        if real.dtype != self._dtype:
+            raise TypeError(f"real must have the dtype of the generator's parameters, {self._dtype}, got {real.dtype}")
+        if real.dim() < 1 or real.shape[0] == 0:
+            raise ValueError(f"real must be a non-empty batch (B, ...), got shape {tuple(real.shape)}")
+        return real
+
+    def _d_objective(self, real: torch.Tensor, fake: torch.Tensor, due: bool) -> tuple[torch.Tensor, dict]:
+        D = self.discriminator
+        if not due:
+            with self._autocast():
+                return discriminator_objective(D, real, fake, loss=self.loss)
+        if self.amp_dtype is None:
+            return discriminator_objective(D, real, fake, loss=self.loss, penalty=self.penalty,
+                                           weight=self.penalty_weight, gain=self.lazy.gain, generator=self._rng)
+        # Under AMP the penalty gets its own full-precision forward (real and fake are in the
+        # parameters' dtype): a gradient of a gradient in 16 bits loses most of its precision, and
+        # the penalty's target (||grad|| = 1) is an absolute scale.
+        with self._autocast():
+            d_loss, parts = discriminator_objective(D, real, fake, loss=self.loss)
+        with torch.autocast(self.device.type, enabled=False):
+            pen = gradient_penalty(D, real, fake, kind=self.penalty, weight=self.penalty_weight, generator=self._rng)
+        return d_loss + self.lazy.gain * pen, {"loss": parts["loss"], "penalty": pen.detach()}
+
+    def train_step(self, real: torch.Tensor) -> dict[str, float]:
+        """One D step on ``real`` and, when this is the n_critic-th call, one G step.
+
+        Args:
+            real: a batch (B, ...) of real samples on the trainer's device, in the dtype of the
+                generator's parameters (float32 usually; AMP casts inside).
+
+        Returns {"d_loss": D's adversarial loss, "penalty": the weighted penalty (before the lazy
+        gain; only on steps that apply it), "g_loss": G's loss (only on steps with a G step)} as
+        Python floats, read from the device in one transfer: the step's only host synchronisation
+        (float16 AMP adds the GradScalers' inf checks).
+        """
+        real = self._check_real(real)
+        batch = real.shape[0]
+        values: dict[str, torch.Tensor] = {}
+
+        with torch.no_grad(), self._autocast():
+            fake = self.generator(self._latents(batch))
+        fake = fake.to(self._dtype)
+        if fake.shape != real.shape:
+            raise ValueError(f"the generator makes samples of shape {tuple(fake.shape)} but the real batch has shape "
+                             f"{tuple(real.shape)}")
+        due = self.penalty is not None and self.lazy.due(self.step)
+        self.d_optimizer.zero_grad(set_to_none=True)
+        total, parts = self._d_objective(real, fake, due)
+        self._d_scaler.scale(total).backward()
+        self._d_scaler.step(self.d_optimizer)
+        self._d_scaler.update()
+        values["d_loss"] = parts["loss"]
+        if due:
+            values["penalty"] = parts["penalty"]
+
+        if (self.step + 1) % self.n_critic == 0:
+            self.g_optimizer.zero_grad(set_to_none=True)
+            with self._autocast():
+                g_loss = losses.generator_loss(self.discriminator(self.generator(self._latents(batch))), self.loss)
+            # inputs=: the gradient flows through D to G without touching D's .grad.
+            self._g_scaler.scale(g_loss).backward(inputs=self._g_params)
+            self._g_scaler.step(self.g_optimizer)
+            self._g_scaler.update()
+            if self.ema is not None:
+                self._update_ema()
+            values["g_loss"] = g_loss.detach()
+
+        self.step += 1
+        floats = torch.stack([v.to(torch.float32) for v in values.values()]).tolist()
+        return dict(zip(values, floats))
+
+    @torch.no_grad()
+    def _update_ema(self) -> None:
+        torch._foreach_lerp_(list(self.ema.parameters()), list(self.generator.parameters()), 1.0 - self.ema_decay)
+        ema_buffers, buffers = list(self.ema.buffers()), list(self.generator.buffers())
+        if buffers:
+            torch._foreach_copy_(ema_buffers, buffers)
+
+    # --- sampling -------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def sample(self, n: int, *, use_ema: bool = True, generator: torch.Generator | None = None) -> torch.Tensor:
+        """n samples (n, ...) of G on the trainer's device, in full precision, with G in eval mode.
+
+        ``use_ema``: use the EMA copy where the trainer keeps one (else G). z ~ N(0, I) is drawn
+        from ``generator`` (a torch.Generator on the trainer's device; None: torch's default one),
+        never from the trainer's own, so the training latents are unaffected (a generator=None
+        call does advance torch's default generator, which a model with dropout trains on).
+        """
+        n = _int_at_least("n", n, 1)
+        model = self.ema if use_ema and self.ema is not None else self.generator
+        z = torch.randn(n, self.latent_dim, generator=generator, device=self.device, dtype=self._dtype)
+        was_training = model.training
+        model.eval()
+        try:
+            return model(z)
+        finally:
+            model.train(was_training)
+
+    def save_samples(self, path: str, *, real: torch.Tensor | None = None, use_ema: bool = True) -> None:
+        """Write a PNG preview of G's samples to ``path`` atomically (needs Pillow).
+
+        The same latents every call (a fixed stream seeded from ``seed``). Images (N, 1 or 3, H, W),
+        values in [-1, 1]: an 8 x 8 grid. 2-D points (N, 2): a scatter plot of 2500 samples (blue)
+        over ``real`` (grey, which also sets the axes; else the samples do).
+        """
+        def preview(n: int) -> torch.Tensor:
+            rng = torch.Generator(device=self.device).manual_seed(self.seed + _PREVIEW_SEED_OFFSET)
+            return self.sample(n, use_ema=use_ema, generator=rng)
+
+        samples = preview(_PREVIEW_IMAGES)
+        if samples.dim() == 2 and samples.shape[1] == 2:
+            image = _scatter_plot(preview(_PREVIEW_POINTS), real)
+        elif samples.dim() == 4 and samples.shape[1] in (1, 3):
+            image = _image_grid(samples)
+        else:
+            raise ValueError(f"previews are drawn for 2-D points (N, 2) or images (N, 1 or 3, H, W); the generator "
+                             f"makes samples of shape {tuple(samples.shape[1:])}")
+        _atomic_write(path, lambda f: image.save(f, format="PNG"))
+
+    # --- training loop --------------------------------------------------------------------------------
+
+    def fit(self, batches: Iterable[torch.Tensor], steps: int, *, progress: bool = True,
+            checkpoint_path: str | None = None, checkpoint_every: int | None = None, sample_every: int | None = None,
+            sample_dir: str | None = None) -> list[dict]:
+        """Run ``steps`` train_step calls on batches drawn from ``batches``.
+
+        Args:
+            batches: an iterable of real batches on the trainer's device; it must yield at least
+                ``steps`` of them (a DataLoader ends after one epoch: loop it over epochs;
+                :func:`fastgen.data.toy_batches` never ends).
+            steps: train_step calls, an int >= 0 (so ``steps // n_critic`` G steps from step 0).
+            progress: show a tqdm progress bar with the latest losses.
+            checkpoint_path: save a checkpoint there (atomically) every ``checkpoint_every`` steps
+                of the trainer's count and at the end.
+            checkpoint_every: an int >= 1; needs checkpoint_path.
+            sample_every, sample_dir: write a preview (:meth:`save_samples`) to
+                ``sample_dir/step_<step>.png`` every ``sample_every`` steps, and at the end whenever
+                sample_dir is given; sample_every needs sample_dir.
+
+        Returns one dict per step: {"step": the trainer's step count after it, **train_step's losses}.
+        """
+        steps = _int_at_least("steps", steps, 0)
+        if checkpoint_every is not None:
+            checkpoint_every = _int_at_least("checkpoint_every", checkpoint_every, 1)
+            if checkpoint_path is None:
+                raise ValueError("checkpoint_every needs checkpoint_path")
+        if sample_every is not None:
+            sample_every = _int_at_least("sample_every", sample_every, 1)
+            if sample_dir is None:
+                raise ValueError("sample_every needs sample_dir")
+        history: list[dict] = []
+        real = None
+        checkpointed_at = sampled_at = None
+        iterator = iter(batches)
+        bar = _progress_bar(progress, steps)
+        try:
+            for i in range(steps):
+                try:
+                    real = next(iterator)
+                except StopIteration:
+                    raise ValueError(f"batches ran out after {i} of {steps} steps") from None
+                record = self.train_step(real)
+                history.append({"step": self.step, **record})
+                if bar is not None:
+                    bar.set_postfix({k: f"{v:.4g}" for k, v in record.items()}, refresh=False)
+                    bar.update(1)
+                if checkpoint_every is not None and self.step % checkpoint_every == 0:
+                    self.save_checkpoint(checkpoint_path)
+                    checkpointed_at = self.step
+                if sample_every is not None and self.step % sample_every == 0:
+                    self.save_samples(os.path.join(sample_dir, f"step_{self.step:08d}.png"), real=real)
+                    sampled_at = self.step
+        finally:
+            if bar is not None:
+                bar.close()
+        if checkpoint_path is not None and checkpointed_at != self.step:
+            self.save_checkpoint(checkpoint_path)
+        if sample_dir is not None and sampled_at != self.step:
+            self.save_samples(os.path.join(sample_dir, f"step_{self.step:08d}.png"), real=real)
+        return history
+
+    # --- checkpoints ----------------------------------------------------------------------------------
+
+    def _structure(self) -> dict:
+        """What a checkpoint must match to be resumed here (weights, lr and decay may change)."""
+        return {"loss": self.loss, "penalty": self.penalty, "n_critic": self.n_critic,
+                "lazy_interval": self.lazy.interval, "ema": self.ema is not None, "amp_dtype": str(self.amp_dtype)}
+
+    def save_checkpoint(self, path: str) -> None:
+        """Write everything training needs to continue exactly to ``path``, atomically (temp file + rename).
+
+        Holds G, D, both optimizers, the EMA, the GradScalers, the step count and the random
+        states: torch's CPU generator, the device's (CUDA) default generator and the trainer's own.
+        """
+        rng = {"torch_cpu": torch.get_rng_state(), "trainer": self._rng.get_state()}
+        if self.device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state(self.device)
+        state = {
+            "format": _FORMAT, "structure": self._structure(), "step": self.step,
+            "generator": self.generator.state_dict(), "discriminator": self.discriminator.state_dict(),
+            "g_optimizer": self.g_optimizer.state_dict(), "d_optimizer": self.d_optimizer.state_dict(),
+            "g_scaler": self._g_scaler.state_dict(), "d_scaler": self._d_scaler.state_dict(),
+            "ema": None if self.ema is None else self.ema.state_dict(), "rng": rng,
+        }
+        _atomic_write(path, lambda f: torch.save(state, f))
+
+    def load_checkpoint(self, path: str) -> None:
+        """Restore a checkpoint of :meth:`save_checkpoint` into this trainer (built with the same
+        networks and loss / penalty / n_critic / lazy_interval / EMA / AMP settings)."""
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if not isinstance(state, dict) or state.get("format") != _FORMAT:
+            raise ValueError(f"{path} is not a GANTrainer checkpoint (expected format {_FORMAT!r})")
+        for key, value in self._structure().items():
+            if state["structure"].get(key) != value:
+                raise ValueError(f"{path} was written with {key}={state['structure'].get(key)!r} but this trainer "
+                                 f"has {key}={value!r}")
+        self.generator.load_state_dict(state["generator"])
+        self.discriminator.load_state_dict(state["discriminator"])
+        self.g_optimizer.load_state_dict(state["g_optimizer"])
+        self.d_optimizer.load_state_dict(state["d_optimizer"])
+        self._g_scaler.load_state_dict(state["g_scaler"])
+        self._d_scaler.load_state_dict(state["d_scaler"])
+        if self.ema is not None:
+            self.ema.load_state_dict(state["ema"])
+        self.step = state["step"]
+        torch.set_rng_state(state["rng"]["torch_cpu"])
+        self._rng.set_state(state["rng"]["trainer"])
+        if self.device.type == "cuda":
+            torch.cuda.set_rng_state(state["rng"]["cuda"], self.device)
+
+
+# --- previews ---------------------------------------------------------------------------------------------
+
+def _pil():
+    """PIL's Image and ImageDraw modules; Pillow is needed for previews only, so it is imported here."""
+    try:
+        from PIL import Image, ImageDraw
+    except ImportError as exc:
+        raise ImportError(f"sample previews are PNG files drawn with Pillow, which is not installed "
+                          f"(pip install Pillow): {exc}") from exc
+    return Image, ImageDraw
+
+
+def _image_grid(images: torch.Tensor, pad: int = 2):
+    """(N, C, H, W) in [-1, 1], C 1 or 3 -> a PIL image of a ceil(sqrt N)-column grid, black gaps."""
+    Image, _ = _pil()
+
+    n, c, h, w = images.shape
+    cols = math.ceil(math.sqrt(n))
+    rows = math.ceil(n / cols)
+    pixels = ((images.detach().float().nan_to_num(0.0).clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu()
+    tiles = torch.zeros(rows * cols, c, h + pad, w + pad, dtype=torch.uint8)
+    tiles[:n, :, pad:, pad:] = pixels  # each tile: a gap above and to the left of its image
+    grid = tiles.view(rows, cols, c, h + pad, w + pad).permute(2, 0, 3, 1, 4)
+    grid = grid.reshape(c, rows * (h + pad), cols * (w + pad))
+    grid = torch.nn.functional.pad(grid, (0, pad, 0, pad))  # close the right and bottom edges
+    array = grid.permute(1, 2, 0).numpy()
+    return Image.fromarray(array[:, :, 0] if c == 1 else array)  # uint8 (H, W) -> "L", (H, W, 3) -> "RGB"
+
+
+def _scatter_plot(points: torch.Tensor, reference: torch.Tensor | None, size: int = _SCATTER_SIZE):
+    """A white PIL image with ``reference`` points (grey) under ``points`` (blue), 3 x 3 pixels each;
+    the square view covers the reference's finite points (else the points') with a 10% margin."""
+    Image, ImageDraw = _pil()
+
+    points = points.detach().float().cpu()
+    reference = None if reference is None else reference.detach().float().cpu().reshape(-1, 2)
+    frame = points if reference is None else reference
+    frame = frame[torch.isfinite(frame).all(dim=1)]
+    if frame.shape[0] == 0:
+        center, half = torch.zeros(2), 1.0
+    else:
+        lo, hi = frame.min(dim=0).values, frame.max(dim=0).values
+        center, half = (lo + hi) / 2, max(float((hi - lo).max()) / 2 * 1.1, 1e-6)
+    image = Image.new("RGB", (size, size), "white")
+    draw = ImageDraw.Draw(image)
+    offsets = torch.cartesian_prod(torch.arange(-1, 2), torch.arange(-1, 2))
+
+    def pixels(xy: torch.Tensor) -> list:
+        xy = xy[torch.isfinite(xy).all(dim=1)]
+        px = ((xy - center) / half * (size / 2)).round().long()
+        px = torch.stack([size // 2 + px[:, 0], size // 2 - px[:, 1]], dim=1)  # y grows upwards
+        px = (px[:, None, :] + offsets[None]).reshape(-1, 2)
+        px = px[((px >= 0) & (px < size)).all(dim=1)]
+        return [tuple(p) for p in px.tolist()]
+
+    if reference is not None:
+        draw.point(pixels(reference), fill=(190, 190, 190))
+    draw.point(pixels(points), fill=(31, 119, 180))
+    return image
