@@ -107,8 +107,8 @@ def write(rows: list[dict], prov: dict, out_dir: str, stem: str) -> tuple[str, s
         writer.writerow({**r, **{k: prov.get(k) for k in PROVENANCE_COLUMNS}})
     os.makedirs(out_dir, exist_ok=True)
     json_path, csv_path = os.path.join(out_dir, stem + ".json"), os.path.join(out_dir, stem + ".csv")
-    benchmarking._atomic_write(json_path, text_json)
-    benchmarking._atomic_write(csv_path, buf.getvalue())
+    benchmarking.atomic_write(json_path, text_json)
+    benchmarking.atomic_write(csv_path, buf.getvalue())
     return json_path, csv_path
 
 

@@ -323,7 +323,7 @@ def provenance(device: torch.device | str, *, label: str = "", command: str | No
     }
 
 
-def _atomic_write(path: str, text: str) -> None:
+def atomic_write(path: str, text: str) -> None:
     """Write ``text`` to ``path`` so that readers see the old file or the whole new one, never a part."""
     directory = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.basename(path), dir=directory)
@@ -362,8 +362,8 @@ def write_results(rows: Iterable[Row], prov: dict, out_dir: str, stem: str) -> t
     for r in rows:
         writer.writerow({**r, **{k: prov.get(k) for k in prov_cols}})
     csv_path, json_path = os.path.join(out_dir, stem + ".csv"), os.path.join(out_dir, stem + ".json")
-    _atomic_write(csv_path, buf.getvalue())
-    _atomic_write(json_path, text_json)
+    atomic_write(csv_path, buf.getvalue())
+    atomic_write(json_path, text_json)
     return csv_path, json_path
 
 
