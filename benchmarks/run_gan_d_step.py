@@ -30,7 +30,7 @@ import sys
 
 import torch
 
-from fastgen import _impl, benchmarking
+from fastgen import benchmarking, cli
 from fastgen.gan.losses import discriminator_loss
 from fastgen.gan.penalty import discriminator_objective
 from fastgen.models import DCGANDiscriminator
@@ -89,16 +89,6 @@ def comparisons(device: torch.device, batch: int, size: int, timing: dict) -> li
     return out
 
 
-def _impls(device: torch.device) -> list[tuple[str, str | None]]:
-    out = []
-    for impl in gp_ops.IMPLS:
-        if impl == "triton" and device.type == "cpu":
-            out.append((impl, "Triton runs on CPU only under TRITON_INTERPRET=1, which is not benchmarked"))
-        else:
-            out.append((impl, _impl.unavailable_reason(impl, device)))
-    return out
-
-
 def penalty_ops(device: torch.device, shape: tuple[int, ...], timing: dict) -> list[benchmarking.Comparison]:
     """The fused ops on their own. Minimum traffic: interpolate reads real and fake and writes x_hat
     (3 tensors); the penalty reads g forward and reads g / writes its gradient backward (3 tensors)."""
@@ -133,7 +123,7 @@ def penalty_ops(device: torch.device, shape: tuple[int, ...], timing: dict) -> l
     compiled_pen = torch.compile(penalty_eager)
     fwd_bwd(compiled_pen)()
     pen.add("torch.compile", fwd_bwd(compiled_pen))
-    for impl, reason in _impls(device):
+    for impl, reason in cli.op_impls("gradient_penalty", device):
         if reason is not None:
             interp.skip(f"fastgen[{impl}]", reason)
             pen.skip(f"fastgen[{impl}]", reason)
