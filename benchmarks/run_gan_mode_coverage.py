@@ -38,6 +38,7 @@ import time
 import torch
 
 from fastgen import benchmarking
+from fastgen._io import atomic_write_text
 from fastgen.data import grid_mixture, toy_batches
 from fastgen.gan.metrics import mode_coverage
 from fastgen.gan.trainer import GANTrainer
@@ -107,8 +108,8 @@ def write(rows: list[dict], prov: dict, out_dir: str, stem: str) -> tuple[str, s
         writer.writerow({**r, **{k: prov.get(k) for k in PROVENANCE_COLUMNS}})
     os.makedirs(out_dir, exist_ok=True)
     json_path, csv_path = os.path.join(out_dir, stem + ".json"), os.path.join(out_dir, stem + ".csv")
-    benchmarking.atomic_write(json_path, text_json)
-    benchmarking.atomic_write(csv_path, buf.getvalue())
+    atomic_write_text(json_path, text_json)
+    atomic_write_text(csv_path, buf.getvalue())
     return json_path, csv_path
 
 

@@ -1,6 +1,8 @@
 """Input checks shared by every op. Each error names the argument and what was expected."""
 from __future__ import annotations
 
+import operator
+
 import torch
 
 _FLOATING = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
@@ -12,6 +14,20 @@ def check_tensor(name: str, x: object, *, min_dim: int = 0) -> torch.Tensor:
     if x.dim() < min_dim:
         raise ValueError(f"{name} must have at least {min_dim} dimension(s) (batch first), got shape {tuple(x.shape)}")
     return x
+
+
+def check_int(name: str, value: object, minimum: int, why: str = "") -> int:
+    """``value`` as a Python int >= ``minimum`` (ints and integer scalars such as numpy's or 0-d
+    tensors; not bool). ``why`` is appended to the bound in the error."""
+    if isinstance(value, bool):
+        raise TypeError(f"{name} must be an int, got bool")
+    try:
+        value = operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}") from None
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}{why}, got {value}")
+    return value
 
 
 def check_floating(name: str, x: object, *, min_dim: int = 1) -> torch.Tensor:

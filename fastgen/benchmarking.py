@@ -34,10 +34,11 @@ import shlex
 import statistics
 import subprocess
 import sys
-import tempfile
 from typing import Callable, Iterable
 
 import torch
+
+from ._io import atomic_write_text
 
 __all__ = ["Timing", "Row", "Comparison", "time_fn", "measure_copy_bandwidth", "fraction_of_copy_bandwidth",
            "speedup", "provenance", "device_slug", "write_results", "format_table", "print_table"]
@@ -323,21 +324,6 @@ def provenance(device: torch.device | str, *, label: str = "", command: str | No
     }
 
 
-def atomic_write(path: str, text: str) -> None:
-    """Write ``text`` to ``path`` so that readers see the old file or the whole new one, never a part."""
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.basename(path), dir=directory)
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
 def _clean(value):
     # JSON has no NaN: a skipped row's times become null.
     return None if isinstance(value, float) and math.isnan(value) else value
@@ -362,8 +348,8 @@ def write_results(rows: Iterable[Row], prov: dict, out_dir: str, stem: str) -> t
     for r in rows:
         writer.writerow({**r, **{k: prov.get(k) for k in prov_cols}})
     csv_path, json_path = os.path.join(out_dir, stem + ".csv"), os.path.join(out_dir, stem + ".json")
-    atomic_write(csv_path, buf.getvalue())
-    atomic_write(json_path, text_json)
+    atomic_write_text(csv_path, buf.getvalue())
+    atomic_write_text(json_path, text_json)
     return csv_path, json_path
 
 

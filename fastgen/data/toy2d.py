@@ -32,28 +32,17 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import math
-import operator
 from typing import Callable, Iterator
 
 import torch
+
+from .._validate import check_int
 
 __all__ = ["Mixture", "ring_mixture", "grid_mixture", "ring_of_gaussians", "grid_of_gaussians", "swiss_roll",
            "two_moons", "TOY_DATASETS", "TOY_MIXTURES", "toy_batches"]
 
 # The swiss roll's scale: Gulrajani et al. 2017 divide scikit-learn's roll (radius up to 4.5 pi) by 7.5.
 _SWISS_ROLL_SCALE = 7.5
-
-
-def _count(name: str, value: object, minimum: int) -> int:
-    if isinstance(value, bool):
-        raise TypeError(f"{name} must be an int, got bool")
-    try:
-        value = operator.index(value)
-    except TypeError:
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}") from None
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return value
 
 
 def _non_negative(name: str, value: object, *, positive: bool = False) -> float:
@@ -101,7 +90,7 @@ class Mixture:
 
     def sample(self, n: int, *, generator: torch.Generator | None = None) -> torch.Tensor:
         """n samples (n, 2) float32: a component drawn uniformly (randint), then its Gaussian noise (randn)."""
-        n = _count("n", n, 0)
+        n = check_int("n", n, 0)
         device = _device_of(generator)
         modes = torch.randint(self.num_modes, (n,), generator=generator, device=device)
         noise = torch.randn(n, 2, generator=generator, device=device)
@@ -110,7 +99,7 @@ class Mixture:
 
 def ring_mixture(*, modes: int = 8, radius: float = 2.0, std: float = 0.02) -> Mixture:
     """``modes`` components centred at radius (cos 2 pi k / modes, sin 2 pi k / modes), k = 0 .. modes - 1."""
-    modes = _count("modes", modes, 1)
+    modes = check_int("modes", modes, 1)
     radius = _non_negative("radius", radius, positive=True)
     angle = torch.arange(modes, dtype=torch.float64) * (2 * math.pi / modes)
     centers = radius * torch.stack([angle.cos(), angle.sin()], dim=1)
@@ -122,7 +111,7 @@ def grid_mixture(*, side: int = 5, spacing: float = 2.0, std: float = 0.05) -> M
 
     The defaults give the centres {-4, -2, 0, 2, 4}^2 (row-major: x varies slowest).
     """
-    side = _count("side", side, 1)
+    side = check_int("side", side, 1)
     spacing = _non_negative("spacing", spacing, positive=True)
     axis = spacing * (torch.arange(side, dtype=torch.float64) - (side - 1) / 2)
     centers = torch.cartesian_prod(axis, axis)
@@ -147,7 +136,7 @@ def swiss_roll(n: int, *, noise: float = 0.05, generator: torch.Generator | None
     Draws u (rand, (n,)) then the noise (randn, (n, 2)); ``noise`` is the std of the Gaussian
     added to each coordinate after scaling.
     """
-    n = _count("n", n, 0)
+    n = check_int("n", n, 0)
     noise = _non_negative("noise", noise)
     device = _device_of(generator)
     t = 1.5 * math.pi * (1 + 2 * torch.rand(n, generator=generator, device=device))
@@ -161,7 +150,7 @@ def two_moons(n: int, *, noise: float = 0.05, generator: torch.Generator | None 
     Upper moon (cos a, sin a), lower moon (1 - cos a, 1/2 - sin a), a ~ U[0, pi). Draws the moon
     (randint, (n,)), then a (rand, (n,)), then the noise (randn, (n, 2)) of std ``noise``.
     """
-    n = _count("n", n, 0)
+    n = check_int("n", n, 0)
     noise = _non_negative("noise", noise)
     device = _device_of(generator)
     lower = torch.randint(2, (n, 1), generator=generator, device=device).to(torch.bool)
@@ -195,7 +184,7 @@ def toy_batches(name: str, batch_size: int, *, generator: torch.Generator | None
     if name not in TOY_DATASETS:
         raise ValueError(f"name must be one of {tuple(TOY_DATASETS)}, got {name!r}")
     sampler = TOY_DATASETS[name]
-    batch_size = _count("batch_size", batch_size, 1)
+    batch_size = check_int("batch_size", batch_size, 1)
     _device_of(generator)
     device = torch.device(device)
     try:

@@ -30,6 +30,7 @@ from typing import Callable
 import torch
 
 from .. import _rng
+from .._io import progress_bar
 
 logger = logging.getLogger("fastgen")
 
@@ -323,17 +324,6 @@ def _default_device(model) -> torch.device:
     return torch.device("cpu")
 
 
-def _progress_bar(enabled: bool, total: int):
-    if not enabled:
-        return None
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:
-        logger.warning("fastgen.diffusion.sample: progress=True but tqdm is not installed; no progress bar")
-        return None
-    return tqdm(total=total, desc="sampling")
-
-
 @torch.no_grad()
 def sample(model, scheduler, shape, *, num_inference_steps: int = 50, generator=None, seed: int | None = None,
            device=None, dtype: torch.dtype = torch.float32, cuda_graph="auto", progress: bool = True,
@@ -396,7 +386,7 @@ def sample(model, scheduler, shape, *, num_inference_steps: int = 50, generator=
 
     kwargs_sig, kwargs_problem = _kwargs_signature(model_kwargs)
     use_graph, _ = should_capture(cuda_graph, device, fastgen_scheduler, generator is not None, kwargs_problem)
-    bar = _progress_bar(progress, num_inference_steps)
+    bar = progress_bar(progress, num_inference_steps, "sampling")
     try:
         if use_graph:
             key = graph_key(model, scheduler, num_inference_steps, shape, dtype, device, channels_last, kwargs_sig)

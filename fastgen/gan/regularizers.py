@@ -5,10 +5,10 @@ says when to apply them and with which gain.
 """
 from __future__ import annotations
 
-import operator
-
 import torch.nn as nn
 from torch.nn.utils import parametrize
+
+from .._validate import check_int
 from torch.nn.utils.parametrizations import spectral_norm
 
 __all__ = ["LazyRegularization", "apply_spectral_norm", "SPECTRAL_NORM_LAYERS"]
@@ -18,19 +18,6 @@ __all__ = ["LazyRegularization", "apply_spectral_norm", "SPECTRAL_NORM_LAYERS"]
 # (in, out, *kernel).
 SPECTRAL_NORM_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d,
                         nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
-
-
-def _int_at_least(name: str, value: object, low: int, why: str = "") -> int:
-    """value as a Python int >= low (ints and integer scalars such as numpy's or 0-d tensors; not bool)."""
-    if isinstance(value, bool):
-        raise TypeError(f"{name} must be an int, got bool")
-    try:
-        value = operator.index(value)
-    except TypeError:
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}") from None
-    if value < low:
-        raise ValueError(f"{name} must be >= {low}{why}, got {value}")
-    return value
 
 
 class LazyRegularization:
@@ -63,7 +50,7 @@ class LazyRegularization:
     """
 
     def __init__(self, interval: int):
-        self.interval = _int_at_least("interval", interval, 1, " (regularise every `interval` steps)")
+        self.interval = check_int("interval", interval, 1, " (regularise every `interval` steps)")
 
     def __repr__(self) -> str:
         return f"LazyRegularization(interval={self.interval})"
@@ -75,7 +62,7 @@ class LazyRegularization:
 
     def due(self, step: int) -> bool:
         """True on the steps that regularise: step % interval == 0 (so step 0 does), step an int >= 0."""
-        return _int_at_least("step", step, 0) % self.interval == 0
+        return check_int("step", step, 0) % self.interval == 0
 
     def adjust_optimizer(self, lr: float, betas: tuple[float, float]) -> tuple[float, tuple[float, float]]:
         """StyleGAN2's correction of Adam's hyper-parameters for regularization steps of their own.
@@ -122,7 +109,7 @@ def apply_spectral_norm(module: nn.Module, n_power_iterations: int = 1, eps: flo
     """
     if not isinstance(module, nn.Module):
         raise TypeError(f"module must be a torch.nn.Module, got {type(module).__name__}")
-    n_power_iterations = _int_at_least("n_power_iterations", n_power_iterations, 1)
+    n_power_iterations = check_int("n_power_iterations", n_power_iterations, 1)
     if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps > 0:
         raise ValueError(f"eps must be a number > 0, got {eps!r}")
     # Collected before registering anything: a parametrization adds submodules of its own.

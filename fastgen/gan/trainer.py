@@ -26,14 +26,14 @@ from __future__ import annotations
 import copy
 import logging
 import math
-import operator
 import os
-import tempfile
-from typing import Callable, Iterable
+from typing import Iterable
 
 import torch
 import torch.nn as nn
 
+from .._io import atomic_write, progress_bar
+from .._validate import check_int
 from . import losses
 from .penalty import PENALTY_KINDS, discriminator_objective, gradient_penalty
 from .regularizers import LazyRegularization
@@ -50,18 +50,6 @@ _PREVIEW_IMAGES = 64
 _PREVIEW_POINTS = 2500
 _PREVIEW_SEED_OFFSET = 1
 _SCATTER_SIZE = 512  # pixels per side of a 2-D scatter plot
-
-
-def _int_at_least(name: str, value: object, minimum: int) -> int:
-    if isinstance(value, bool):
-        raise TypeError(f"{name} must be an int, got bool")
-    try:
-        value = operator.index(value)
-    except TypeError:
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}") from None
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return value
 
 
 def _first_parameter(name: str, module: object) -> torch.Tensor:
@@ -81,34 +69,6 @@ def _check_optimizer(name: str, optimizer: object, module: nn.Module, module_nam
         raise ValueError(f"{name} holds parameters that are not the {module_name}'s "
                          "(an optimizer built for another model?)")
     return optimizer
-
-
-def _atomic_write(path: str, write: Callable) -> None:
-    """Call ``write(binary_file)`` on a temp file beside ``path``, then rename it over ``path``:
-    readers see the old file or the whole new one, never a part (the temp file goes on failure)."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.basename(path), dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
-def _progress_bar(enabled: bool, total: int):
-    if not enabled:
-        return None
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:
-        logger.warning("fastgen.gan.GANTrainer.fit: progress=True but tqdm is not installed; no progress bar")
-        return None
-    return tqdm(total=total, desc="GAN training")
 
 
 class GANTrainer:
@@ -163,16 +123,16 @@ class GANTrainer:
         if (isinstance(penalty_weight, bool) or not isinstance(penalty_weight, (int, float))
                 or not math.isfinite(penalty_weight) or penalty_weight < 0):
             raise ValueError(f"penalty_weight must be a finite number >= 0, got {penalty_weight!r}")
-        self.lazy = LazyRegularization(_int_at_least("lazy_interval", lazy_interval, 1))
+        self.lazy = LazyRegularization(check_int("lazy_interval", lazy_interval, 1))
         if self.lazy.interval > 1 and penalty is None:
             raise ValueError(f"lazy_interval={self.lazy.interval} needs a penalty: there is nothing to apply lazily")
-        self.n_critic = _int_at_least("n_critic", n_critic, 1)
+        self.n_critic = check_int("n_critic", n_critic, 1)
         if ema_decay is not None and (isinstance(ema_decay, bool) or not isinstance(ema_decay, (int, float))
                                       or not 0 < ema_decay < 1):
             raise ValueError(f"ema_decay must be None or a number in (0, 1), got {ema_decay!r}")
         if amp_dtype not in AMP_DTYPES:
             raise ValueError(f"amp_dtype must be one of {AMP_DTYPES}, got {amp_dtype!r}")
-        self.seed = _int_at_least("seed", seed, 0)
+        self.seed = check_int("seed", seed, 0)
         if self.seed >= 2**63:
             raise ValueError(f"seed must be < 2**63, got {self.seed}")
 
@@ -313,7 +273,7 @@ class GANTrainer:
         never from the trainer's own, so the training latents are unaffected (a generator=None
         call does advance torch's default generator, which a model with dropout trains on).
         """
-        n = _int_at_least("n", n, 1)
+        n = check_int("n", n, 1)
         model = self.ema if use_ema and self.ema is not None else self.generator
         z = torch.randn(n, self.latent_dim, generator=generator, device=self.device, dtype=self._dtype)
         was_training = model.training
@@ -342,7 +302,7 @@ class GANTrainer:
         else:
             raise ValueError(f"previews are drawn for 2-D points (N, 2) or images (N, 1 or 3, H, W); the generator "
                              f"makes samples of shape {tuple(samples.shape[1:])}")
-        _atomic_write(path, lambda f: image.save(f, format="PNG"))
+        atomic_write(path, lambda f: image.save(f, format="PNG"))
 
     # --- training loop --------------------------------------------------------------------------------
 
@@ -366,20 +326,20 @@ class GANTrainer:
 
         Returns one dict per step: {"step": the trainer's step count after it, **train_step's losses}.
         """
-        steps = _int_at_least("steps", steps, 0)
+        steps = check_int("steps", steps, 0)
         if checkpoint_every is not None:
-            checkpoint_every = _int_at_least("checkpoint_every", checkpoint_every, 1)
+            checkpoint_every = check_int("checkpoint_every", checkpoint_every, 1)
             if checkpoint_path is None:
                 raise ValueError("checkpoint_every needs checkpoint_path")
         if sample_every is not None:
-            sample_every = _int_at_least("sample_every", sample_every, 1)
+            sample_every = check_int("sample_every", sample_every, 1)
             if sample_dir is None:
                 raise ValueError("sample_every needs sample_dir")
         history: list[dict] = []
         real = None
         checkpointed_at = sampled_at = None
         iterator = iter(batches)
-        bar = _progress_bar(progress, steps)
+        bar = progress_bar(progress, steps, "GAN training")
         try:
             for i in range(steps):
                 try:
@@ -429,7 +389,7 @@ class GANTrainer:
             "g_scaler": self._g_scaler.state_dict(), "d_scaler": self._d_scaler.state_dict(),
             "ema": None if self.ema is None else self.ema.state_dict(), "rng": rng,
         }
-        _atomic_write(path, lambda f: torch.save(state, f))
+        atomic_write(path, lambda f: torch.save(state, f))
 
     def load_checkpoint(self, path: str) -> None:
         """Restore a checkpoint of :meth:`save_checkpoint` into this trainer (built with the same

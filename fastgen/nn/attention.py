@@ -1,14 +1,14 @@
 """Self-attention over the pixels of a feature map, as DDPM / improved-diffusion U-Nets use it.
 
-All attention math goes through one function, :func:`attention`, so that a fused kernel can take
-its place in one spot (the Triton flash-attention op is a later piece).
+All attention math goes through one function, :func:`attention`, which runs the fused op
+:func:`fastgen.ops.attention.attention` (Triton flash attention on CUDA).
 """
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from ..ops.attention import attention as fused_attention
 from .norm import GroupNormAct
 
 __all__ = ["attention", "SelfAttention2d"]
@@ -18,10 +18,13 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor
     """softmax(q k^T / sqrt(d)) v, non-causal, no mask, no dropout.
 
     q, k, v: (B, heads, N, d), one floating dtype. Returns (B, heads, N, d) in that dtype.
-    Today: ``torch.nn.functional.scaled_dot_product_attention`` (which accumulates the softmax in
-    float32 in every backend, what diffusers asks for with ``upcast_softmax=True``).
+    :func:`fastgen.ops.attention.attention` with ``impl="auto"``: the Triton flash-attention
+    kernels on CUDA; on CPU ``torch.nn.functional.scaled_dot_product_attention`` where no gradient
+    is needed and the float32 reference math where one is (so a gradient penalty can differentiate
+    it again). The softmax is accumulated in float32 on every path (what diffusers asks for with
+    ``upcast_softmax=True``).
     """
-    return F.scaled_dot_product_attention(q, k, v)
+    return fused_attention(q, k, v)
 
 
 class SelfAttention2d(nn.Module):

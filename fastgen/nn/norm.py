@@ -84,7 +84,12 @@ class GroupNormAct(nn.Module):
         for name, v in (("emb", emb), ("scale", scale), ("shift", shift)):
             if v is not None:
                 self._check_per_channel(name, v, x)
-        return group_norm(x, self.num_groups, self.weight, self.bias, self.eps, emb=emb, scale=scale, shift=shift,
+        # Under autocast x arrives in bfloat16 / float16 while the parameters (and an embedding from
+        # a float32 path) stay float32; the op takes one dtype. The kernel computes in float32 either
+        # way, so rounding these to x's dtype costs what autocast's cast of a Linear weight costs.
+        weight, bias, emb, scale, shift = (None if v is None else v.to(x.dtype)
+                                           for v in (self.weight, self.bias, emb, scale, shift))
+        return group_norm(x, self.num_groups, weight, bias, self.eps, emb=emb, scale=scale, shift=shift,
                           activation=self.activation)
 
     def extra_repr(self) -> str:

@@ -1,0 +1,384 @@
+"""Flash attention (Dao et al. 2022; FlashAttention-2 loop order): O = softmax(scale * Q K^T) V.
+
+Non-causal, no mask, no dropout. Q: (B, H, Lq, D), K and V: (B, H, Lk, D), any strides; every
+sum and the softmax statistics are float32, the matmul inputs stay in the tensors' dtype.
+
+Forward, one program per (query block, batch * head): walk the key/value blocks keeping, per
+query row, the running maximum m and the running sum l of exp(s - m), rescaling the output
+accumulator whenever m grows; divide by l once at the end and save the log-sum-exp
+LSE = m + log(l) (float32, (B, H, Lq)) so the backward can rebuild P = exp(S - LSE) block by block
+instead of storing the Lq x Lk matrix.
+
+Backward, deterministic and atomics-free (the interpreter runs no fp16 atomics):
+  1. delta_i = sum_d dO_id * O_id                                    (one program per query block)
+  2. dK, dV per key block, looping over query blocks (one program per key block):
+       dV += P^T dO,  dS = P * (dO V^T - delta),  dK += scale * dS^T Q
+  3. dQ per query block, looping over key blocks:  dQ += scale * dS K
+Each program owns its output rows, so there is no cross-program accumulation.
+
+The exponentials are base 2 (the GPU has an exp2 instruction): the kernels work with
+S * log2(e) and LSE * log2(e) internally; the LSE they write and read is the natural one.
+"""
+import math
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+# log2(e): the host folds it into the scale; inside the kernels it is a literal (a jit function sees
+# no plain Python globals).
+LOG2E = math.log2(math.e)
+MAX_HEAD_DIM = 256
+
+
+# Two bugs of the Triton interpreter (3.9) with bfloat16, worked around where INTERPRET_BF16 is set
+# (bfloat16 tensors under TRITON_INTERPRET=1 only; compiled kernels never take these branches):
+# tl.dot of bfloat16 operands returns garbage, and float32 -> bfloat16 conversion does not round to
+# nearest. The workarounds compute exactly what the GPU computes, so the tests stay faithful.
+
+
+@triton.jit
+def _mma(a, b, DOT_PRECISION: tl.constexpr, INTERPRET_BF16: tl.constexpr):
+    """a @ b with a float32 result. Under INTERPRET_BF16 the product of float32 copies: products of
+    two bfloat16 numbers are exact in float32, as in a bfloat16 tensor-core MMA."""
+    if INTERPRET_BF16:
+        c = tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
+    else:
+        c = tl.dot(a, b, input_precision=DOT_PRECISION)
+    return c
+
+
+@triton.jit
+def _cast(x, dtype: tl.constexpr, INTERPRET_BF16: tl.constexpr):
+    """float32 x to dtype, rounding to nearest even. Under INTERPRET_BF16 the rounding is done on the
+    bits (add half an ulp of bfloat16, ties to even, clear the low 16 bits); the conversion of the
+    now representable value is then exact. Finite inputs only, which is all the kernels produce."""
+    if INTERPRET_BF16:
+        bits = x.to(tl.uint32, bitcast=True)
+        bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
+        x = bits.to(tl.float32, bitcast=True)
+    return x.to(dtype)
+
+
+@triton.jit
+def _fwd_kernel(
+    q_ptr,  # (B, H, Lq, D) queries, float16 / bfloat16 / float32, strides below
+    k_ptr,  # (B, H, Lk, D) keys, q's dtype
+    v_ptr,  # (B, H, Lk, D) values, q's dtype
+    o_ptr,  # (B, H, Lq, D) output, q's dtype
+    lse_ptr,  # float32 (B * H, Lq) contiguous: natural log-sum-exp of each scaled score row
+    stride_qb, stride_qh, stride_qm, stride_qd,  # element strides of q
+    stride_kb, stride_kh, stride_kn, stride_kd,  # element strides of k
+    stride_vb, stride_vh, stride_vn, stride_vd,  # element strides of v
+    stride_ob, stride_oh, stride_om, stride_od,  # element strides of o
+    heads,  # H
+    seq_q,  # Lq
+    seq_k,  # Lk
+    head_dim,  # D (BLOCK_D is D rounded up to a power of two; the rest is masked)
+    qk_scale,  # softmax scale * log2(e)
+    DOT_PRECISION: tl.constexpr,  # "ieee" or "tf32" for float32 inputs, ignored for 16-bit ones
+    INTERPRET_BF16: tl.constexpr,  # bfloat16 under the interpreter: see _mma and _cast
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = (bh // heads).to(tl.int64)
+    h = (bh % heads).to(tl.int64)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    mask_d = offs_d < head_dim
+    mask_m = offs_m < seq_q
+
+    q_base = q_ptr + b * stride_qb + h * stride_qh
+    k_base = k_ptr + b * stride_kb + h * stride_kh
+    v_base = v_ptr + b * stride_vb + h * stride_vh
+    q = tl.load(q_base + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd,
+                mask=mask_m[:, None] & mask_d[None, :], other=0.0)
+
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    for start_n in range(0, seq_k, BLOCK_N):
+        n = start_n + offs_n
+        mask_n = n < seq_k
+        kt = tl.load(k_base + n[None, :] * stride_kn + offs_d[:, None] * stride_kd,
+                     mask=mask_n[None, :] & mask_d[:, None], other=0.0)
+        s = _mma(q, kt, DOT_PRECISION, INTERPRET_BF16) * qk_scale
+        # Keys past Lk of the ragged last block get weight exp2(-inf) = 0. Every block holds at
+        # least one real key, so m_new is finite and the first alpha is exp2(-inf) = 0.
+        s = tl.where(mask_n[None, :], s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        alpha = tl.exp2(m_i - m_new)
+        p = tl.exp2(s - m_new[:, None])
+        l_i = l_i * alpha + tl.sum(p, 1)
+        v = tl.load(v_base + n[:, None] * stride_vn + offs_d[None, :] * stride_vd,
+                    mask=mask_n[:, None] & mask_d[None, :], other=0.0)
+        acc = acc * alpha[:, None] + _mma(_cast(p, v.dtype, INTERPRET_BF16), v, DOT_PRECISION, INTERPRET_BF16)
+        m_i = m_new
+
+    acc = acc / l_i[:, None]
+    o_base = o_ptr + b * stride_ob + h * stride_oh
+    tl.store(o_base + offs_m[:, None] * stride_om + offs_d[None, :] * stride_od,
+             _cast(acc, o_ptr.dtype.element_ty, INTERPRET_BF16), mask=mask_m[:, None] & mask_d[None, :])
+    lse = (m_i + tl.log2(l_i)) / 1.4426950408889634  # back to natural log: LSE = log2-LSE * ln 2
+    tl.store(lse_ptr + bh.to(tl.int64) * seq_q + offs_m, lse, mask=mask_m)
+
+
+@triton.jit
+def _bwd_delta_kernel(
+    o_ptr,  # (B, H, Lq, D) forward output, strides below
+    do_ptr,  # (B, H, Lq, D) gradient of the output, o's dtype
+    delta_ptr,  # float32 (B * H, Lq) contiguous: rowsum(dO * O), written here
+    stride_ob, stride_oh, stride_om, stride_od,  # element strides of o
+    stride_dob, stride_doh, stride_dom, stride_dod,  # element strides of do
+    heads,  # H
+    seq_q,  # Lq
+    head_dim,  # D
+    BLOCK_M: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = (bh // heads).to(tl.int64)
+    h = (bh % heads).to(tl.int64)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    mask = (offs_m < seq_q)[:, None] & (offs_d < head_dim)[None, :]
+    o = tl.load(o_ptr + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_om + offs_d[None, :] * stride_od,
+                mask=mask, other=0.0).to(tl.float32)
+    do = tl.load(do_ptr + b * stride_dob + h * stride_doh + offs_m[:, None] * stride_dom
+                 + offs_d[None, :] * stride_dod, mask=mask, other=0.0).to(tl.float32)
+    tl.store(delta_ptr + bh.to(tl.int64) * seq_q + offs_m, tl.sum(o * do, 1), mask=offs_m < seq_q)
+
+
+@triton.jit
+def _bwd_dkdv_kernel(
+    q_ptr,  # (B, H, Lq, D) queries
+    k_ptr,  # (B, H, Lk, D) keys
+    v_ptr,  # (B, H, Lk, D) values
+    do_ptr,  # (B, H, Lq, D) gradient of the output
+    lse_ptr,  # float32 (B * H, Lq) contiguous, from the forward
+    delta_ptr,  # float32 (B * H, Lq) contiguous, from _bwd_delta_kernel
+    dk_ptr,  # (B, H, Lk, D) gradient of k, written here, with dk's strides (shared with dv)
+    dv_ptr,  # (B, H, Lk, D) gradient of v, written here
+    stride_qb, stride_qh, stride_qm, stride_qd,  # element strides of q
+    stride_kb, stride_kh, stride_kn, stride_kd,  # element strides of k
+    stride_vb, stride_vh, stride_vn, stride_vd,  # element strides of v
+    stride_dob, stride_doh, stride_dom, stride_dod,  # element strides of do
+    stride_gb, stride_gh, stride_gn, stride_gd,  # element strides of dk and dv (both fresh, contiguous)
+    heads,  # H
+    seq_q,  # Lq
+    seq_k,  # Lk
+    head_dim,  # D
+    scale,  # softmax scale
+    DOT_PRECISION: tl.constexpr,  # as in _fwd_kernel
+    INTERPRET_BF16: tl.constexpr,  # bfloat16 under the interpreter: see _mma and _cast
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
+    pid_n = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = (bh // heads).to(tl.int64)
+    h = (bh % heads).to(tl.int64)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_m = tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    mask_n = offs_n < seq_k
+    mask_d = offs_d < head_dim
+    mask_nd = mask_n[:, None] & mask_d[None, :]
+    k = tl.load(k_ptr + b * stride_kb + h * stride_kh + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kd,
+                mask=mask_nd, other=0.0)
+    v = tl.load(v_ptr + b * stride_vb + h * stride_vh + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd,
+                mask=mask_nd, other=0.0)
+    q_base = q_ptr + b * stride_qb + h * stride_qh
+    do_base = do_ptr + b * stride_dob + h * stride_doh
+    row_base = bh.to(tl.int64) * seq_q
+    qk_scale = scale * 1.4426950408889634
+
+    dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+    dv = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+    for start_m in range(0, seq_q, BLOCK_M):
+        m = start_m + offs_m
+        mask_m = m < seq_q
+        mask_md = mask_m[:, None] & mask_d[None, :]
+        q = tl.load(q_base + m[:, None] * stride_qm + offs_d[None, :] * stride_qd, mask=mask_md, other=0.0)
+        do = tl.load(do_base + m[:, None] * stride_dom + offs_d[None, :] * stride_dod, mask=mask_md, other=0.0)
+        lse2 = tl.load(lse_ptr + row_base + m, mask=mask_m, other=0.0) * 1.4426950408889634
+        delta = tl.load(delta_ptr + row_base + m, mask=mask_m, other=0.0)
+        # Transposed scores (keys x queries), so dV and dK come out as plain (non-transposed) dots.
+        st = _mma(k, tl.trans(q), DOT_PRECISION, INTERPRET_BF16) * qk_scale
+        # Padded query rows (zero q, lse 0) would give exp2(0) = 1: zero them explicitly.
+        pt = tl.where(mask_m[None, :], tl.exp2(st - lse2[None, :]), 0.0)
+        dv += _mma(_cast(pt, do.dtype, INTERPRET_BF16), do, DOT_PRECISION, INTERPRET_BF16)
+        dpt = _mma(v, tl.trans(do), DOT_PRECISION, INTERPRET_BF16)
+        dst = pt * (dpt - delta[None, :])
+        dk += _mma(_cast(dst, q.dtype, INTERPRET_BF16), q, DOT_PRECISION, INTERPRET_BF16)
+
+    g_offs = b * stride_gb + h * stride_gh + offs_n[:, None] * stride_gn + offs_d[None, :] * stride_gd
+    tl.store(dk_ptr + g_offs, _cast(dk * scale, dk_ptr.dtype.element_ty, INTERPRET_BF16), mask=mask_nd)
+    tl.store(dv_ptr + g_offs, _cast(dv, dv_ptr.dtype.element_ty, INTERPRET_BF16), mask=mask_nd)
+
+
+@triton.jit
+def _bwd_dq_kernel(
+    q_ptr,  # (B, H, Lq, D) queries
+    k_ptr,  # (B, H, Lk, D) keys
+    v_ptr,  # (B, H, Lk, D) values
+    do_ptr,  # (B, H, Lq, D) gradient of the output
+    lse_ptr,  # float32 (B * H, Lq) contiguous, from the forward
+    delta_ptr,  # float32 (B * H, Lq) contiguous, from _bwd_delta_kernel
+    dq_ptr,  # (B, H, Lq, D) gradient of q, written here
+    stride_qb, stride_qh, stride_qm, stride_qd,  # element strides of q
+    stride_kb, stride_kh, stride_kn, stride_kd,  # element strides of k
+    stride_vb, stride_vh, stride_vn, stride_vd,  # element strides of v
+    stride_dob, stride_doh, stride_dom, stride_dod,  # element strides of do
+    stride_dqb, stride_dqh, stride_dqm, stride_dqd,  # element strides of dq
+    heads,  # H
+    seq_q,  # Lq
+    seq_k,  # Lk
+    head_dim,  # D
+    scale,  # softmax scale
+    DOT_PRECISION: tl.constexpr,  # as in _fwd_kernel
+    INTERPRET_BF16: tl.constexpr,  # bfloat16 under the interpreter: see _mma and _cast
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = (bh // heads).to(tl.int64)
+    h = (bh % heads).to(tl.int64)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    mask_m = offs_m < seq_q
+    mask_d = offs_d < head_dim
+    mask_md = mask_m[:, None] & mask_d[None, :]
+    q = tl.load(q_ptr + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd,
+                mask=mask_md, other=0.0)
+    do = tl.load(do_ptr + b * stride_dob + h * stride_doh + offs_m[:, None] * stride_dom
+                 + offs_d[None, :] * stride_dod, mask=mask_md, other=0.0)
+    row_base = bh.to(tl.int64) * seq_q
+    lse2 = tl.load(lse_ptr + row_base + offs_m, mask=mask_m, other=0.0) * 1.4426950408889634
+    delta = tl.load(delta_ptr + row_base + offs_m, mask=mask_m, other=0.0)
+    k_base = k_ptr + b * stride_kb + h * stride_kh
+    v_base = v_ptr + b * stride_vb + h * stride_vh
+    qk_scale = scale * 1.4426950408889634
+
+    dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    for start_n in range(0, seq_k, BLOCK_N):
+        n = start_n + offs_n
+        mask_n = n < seq_k
+        mask_nd = mask_n[:, None] & mask_d[None, :]
+        k = tl.load(k_base + n[:, None] * stride_kn + offs_d[None, :] * stride_kd, mask=mask_nd, other=0.0)
+        v = tl.load(v_base + n[:, None] * stride_vn + offs_d[None, :] * stride_vd, mask=mask_nd, other=0.0)
+        s = _mma(q, tl.trans(k), DOT_PRECISION, INTERPRET_BF16) * qk_scale
+        p = tl.where(mask_n[None, :], tl.exp2(s - lse2[:, None]), 0.0)  # keys past Lk carry no weight
+        dp = _mma(do, tl.trans(v), DOT_PRECISION, INTERPRET_BF16)
+        ds = p * (dp - delta[:, None])
+        dq += _mma(_cast(ds, k.dtype, INTERPRET_BF16), k, DOT_PRECISION, INTERPRET_BF16)
+
+    tl.store(dq_ptr + b * stride_dqb + h * stride_dqh + offs_m[:, None] * stride_dqm + offs_d[None, :] * stride_dqd,
+             _cast(dq * scale, dq_ptr.dtype.element_ty, INTERPRET_BF16), mask=mask_md)
+
+
+def block_sizes(head_dim: int) -> tuple[int, int]:
+    """(BLOCK_M, BLOCK_N) for a head dim: the Q tile and the K/V tile held in registers/shared memory.
+
+    The tiles shrink as D grows so that the Q tile, one K and one V tile and the float32 (BLOCK_M, D)
+    accumulator of a program stay within registers and shared memory. The backward's dK/dV kernel
+    keeps (BLOCK_M, D) K and V tiles and two float32 accumulators of that size resident: the
+    heaviest program, to check first for spills at D = 256. Untuned starting points in the range
+    the FlashAttention-2 Triton tutorial autotunes over; no GPU has measured them yet.
+    """
+    if head_dim % 8 != 0 or not 0 < head_dim <= MAX_HEAD_DIM:
+        raise ValueError(f"head_dim must be a multiple of 8 up to {MAX_HEAD_DIM}, got {head_dim}")
+    if head_dim <= 64:
+        return 128, 64
+    if head_dim <= 128:
+        return 128, 32
+    return 64, 32
+
+
+def _tiles(head_dim: int, blocks: tuple[int, int] | None) -> tuple[int, int]:
+    default = block_sizes(head_dim)  # validates head_dim even where the caller picks the tiles
+    return default if blocks is None else blocks
+
+
+def _padded_dim(head_dim: int) -> int:
+    return max(16, triton.next_power_of_2(head_dim))  # tl.dot needs every dimension >= 16
+
+
+def _dot_precision(dtype: torch.dtype) -> str:
+    # float32 inputs follow torch's own rule for float32 matmuls on CUDA (TF32 only when allowed).
+    return "tf32" if dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32 else "ieee"
+
+
+def _interpret_bf16(dtype: torch.dtype) -> bool:
+    return dtype == torch.bfloat16 and os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def _warps(head_dim: int) -> int:
+    return 4 if head_dim <= 64 else 8
+
+
+def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, out: torch.Tensor, lse: torch.Tensor,
+            blocks: tuple[int, int] | None = None) -> None:
+    """Write attention into ``out`` (q's shape and dtype) and the float32 (B, H, Lq) contiguous ``lse``.
+
+    q (B, H, Lq, D), k and v (B, H, Lk, D), one dtype, any strides; D a multiple of 8 up to 256.
+    ``blocks`` overrides (BLOCK_M, BLOCK_N) of :func:`block_sizes` (tests use small ones to cover
+    several ragged blocks on short sequences).
+    """
+    batch, heads, seq_q, head_dim = q.shape
+    block_m, block_n = _tiles(head_dim, blocks)
+    grid = (triton.cdiv(seq_q, block_m), batch * heads)
+    _fwd_kernel[grid](
+        q, k, v, out, lse, *q.stride(), *k.stride(), *v.stride(), *out.stride(),
+        heads, seq_q, k.shape[2], head_dim, scale * LOG2E,
+        DOT_PRECISION=_dot_precision(q.dtype), INTERPRET_BF16=_interpret_bf16(q.dtype),
+        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=_padded_dim(head_dim),
+        num_warps=_warps(head_dim),
+    )
+
+
+def backward(grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
+             lse: torch.Tensor, scale: float, dq: torch.Tensor, dk: torch.Tensor, dv: torch.Tensor,
+             blocks: tuple[int, int] | None = None) -> None:
+    """Write dq, dk, dv (the shapes and dtype of q, k, v; dk and dv share strides) from dO = ``grad_out``.
+
+    ``out`` and ``lse`` are the forward's; ``grad_out`` has q's shape and dtype, any strides.
+    """
+    batch, heads, seq_q, head_dim = q.shape
+    seq_k = k.shape[2]
+    block_m, block_n = _tiles(head_dim, blocks)
+    block_d = _padded_dim(head_dim)
+    precision, interpret_bf16 = _dot_precision(q.dtype), _interpret_bf16(q.dtype)
+    warps = _warps(head_dim)
+    delta = torch.empty_like(lse)
+    _bwd_delta_kernel[(triton.cdiv(seq_q, block_m), batch * heads)](
+        out, grad_out, delta, *out.stride(), *grad_out.stride(), heads, seq_q, head_dim,
+        BLOCK_M=block_m, BLOCK_D=block_d, num_warps=warps,
+    )
+    # The dK/dV pass keeps a K/V tile and two float32 accumulators of its size resident and streams
+    # Q / dO tiles past them, so its resident tile takes block_sizes' BLOCK_M rows and the streamed
+    # one BLOCK_N: the roles of M and N swap, as in FlashAttention-2.
+    _bwd_dkdv_kernel[(triton.cdiv(seq_k, block_m), batch * heads)](
+        q, k, v, grad_out, lse, delta, dk, dv,
+        *q.stride(), *k.stride(), *v.stride(), *grad_out.stride(), *dk.stride(),
+        heads, seq_q, seq_k, head_dim, scale,
+        DOT_PRECISION=precision, INTERPRET_BF16=interpret_bf16, BLOCK_M=block_n, BLOCK_N=block_m, BLOCK_D=block_d,
+        num_warps=warps,
+    )
+    _bwd_dq_kernel[(triton.cdiv(seq_q, block_m), batch * heads)](
+        q, k, v, grad_out, lse, delta, dq,
+        *q.stride(), *k.stride(), *v.stride(), *grad_out.stride(), *dq.stride(),
+        heads, seq_q, seq_k, head_dim, scale,
+        DOT_PRECISION=precision, INTERPRET_BF16=interpret_bf16, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d,
+        num_warps=warps,
+    )
