@@ -13,6 +13,10 @@
 #include <stdint.h>
 #include <string.h>
 
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
 namespace fastgen {
 
 constexpr int kPhiloxCalls = 32;  // Philox calls per block: 2 AVX-512 registers of 32-bit lanes
@@ -83,14 +87,48 @@ inline void box_muller(uint32_t w_radius, uint32_t w_angle, float& z_cos, float&
 
 }  // namespace detail
 
-// z[j] = the standard normal at stream position `position + j` under `seed`, for j < n <= kNormalBlock.
-// Positions 4p .. 4p + 3 come from Philox4x32-10 call p (key (seed lo, seed hi), counter (lo(p),
-// hi(p), 0, 0)): its words (r0, r1) and (r2, r3) give two pairs of 24-bit uniforms, and each pair
-// Box-Muller's R cos(theta), R sin(theta).
-inline void philox_normal_block(uint64_t seed, uint64_t position, int n, float* __restrict__ z) {
-  const uint32_t key0 = static_cast<uint32_t>(seed), key1 = static_cast<uint32_t>(seed >> 32);
-  const uint64_t first_call = position >> 2;
-  float normals[4 * kPhiloxCalls];  // positions 4 * first_call + k
+// Philox4x32-10 calls first_call + j for j < kPhiloxCalls under key (key0, key1), counter
+// (lo(call), hi(call), 0, 0): the four output words of call j in w[0..3][j].
+inline void philox_calls(uint64_t first_call, uint32_t key0, uint32_t key1, uint32_t (*w)[kPhiloxCalls]) {
+#if defined(__AVX512F__)
+  // Sixteen calls per register. A 32x32 -> 64 multiply is vpmuludq on the even lanes; the odd lanes
+  // go through a 64-bit shift and a second vpmuludq, and a masked blend joins the high halves.
+  // (The portable loop below makes GCC widen every lane to 64 bits: 2.5x more instructions.)
+  const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  const __m512i m0 = _mm512_set1_epi32(static_cast<int>(0xD2511F53u)), m1 = _mm512_set1_epi32(static_cast<int>(0xCD9E8D57u));
+  auto mulhi = [](__m512i a, __m512i m) {
+    const __m512i even = _mm512_mul_epu32(a, m), odd = _mm512_mul_epu32(_mm512_srli_epi64(a, 32), m);
+    return _mm512_mask_blend_epi32(0xAAAA, _mm512_srli_epi64(even, 32), odd);
+  };
+  for (int base = 0; base < kPhiloxCalls; base += 16) {
+    const uint64_t first = first_call + static_cast<uint64_t>(base);
+    const __m512i first_lo = _mm512_set1_epi32(static_cast<int>(static_cast<uint32_t>(first)));
+    __m512i c0 = _mm512_add_epi32(first_lo, lane);
+    // the high word carries where the low word wrapped around
+    const __mmask16 carry = _mm512_cmplt_epu32_mask(c0, first_lo);
+    const __m512i first_hi = _mm512_set1_epi32(static_cast<int>(static_cast<uint32_t>(first >> 32)));
+    __m512i c1 = _mm512_mask_add_epi32(first_hi, carry, first_hi, _mm512_set1_epi32(1));
+    __m512i c2 = _mm512_setzero_si512(), c3 = _mm512_setzero_si512();
+    uint32_t k0 = key0, k1 = key1;
+    for (int round = 0; round < 10; ++round) {
+      const __m512i hi0 = mulhi(c0, m0), lo0 = _mm512_mullo_epi32(c0, m0);
+      const __m512i hi1 = mulhi(c2, m1), lo1 = _mm512_mullo_epi32(c2, m1);
+      // 0x96: a ^ b ^ c in one instruction
+      const __m512i n0 = _mm512_ternarylogic_epi32(hi1, c1, _mm512_set1_epi32(static_cast<int>(k0)), 0x96);
+      const __m512i n2 = _mm512_ternarylogic_epi32(hi0, c3, _mm512_set1_epi32(static_cast<int>(k1)), 0x96);
+      c1 = lo1;
+      c3 = lo0;
+      c0 = n0;
+      c2 = n2;
+      k0 += 0x9E3779B9u;
+      k1 += 0xBB67AE85u;
+    }
+    _mm512_storeu_si512(w[0] + base, c0);
+    _mm512_storeu_si512(w[1] + base, c1);
+    _mm512_storeu_si512(w[2] + base, c2);
+    _mm512_storeu_si512(w[3] + base, c3);
+  }
+#else
 #pragma omp simd
   for (int j = 0; j < kPhiloxCalls; ++j) {
     const uint64_t call = first_call + static_cast<uint64_t>(j);
@@ -107,8 +145,26 @@ inline void philox_normal_block(uint64_t seed, uint64_t position, int n, float* 
       k0 += 0x9E3779B9u;
       k1 += 0xBB67AE85u;
     }
-    detail::box_muller(c0, c1, normals[4 * j], normals[4 * j + 1]);
-    detail::box_muller(c2, c3, normals[4 * j + 2], normals[4 * j + 3]);
+    w[0][j] = c0;
+    w[1][j] = c1;
+    w[2][j] = c2;
+    w[3][j] = c3;
+  }
+#endif
+}
+
+// z[j] = the standard normal at stream position `position + j` under `seed`, for j < n <= kNormalBlock.
+// Positions 4p .. 4p + 3 come from Philox4x32-10 call p (key (seed lo, seed hi), counter (lo(p),
+// hi(p), 0, 0)): its words (r0, r1) and (r2, r3) give two pairs of 24-bit uniforms, and each pair
+// Box-Muller's R cos(theta), R sin(theta).
+inline void philox_normal_block(uint64_t seed, uint64_t position, int n, float* __restrict__ z) {
+  alignas(64) uint32_t w[4][kPhiloxCalls];
+  philox_calls(position >> 2, static_cast<uint32_t>(seed), static_cast<uint32_t>(seed >> 32), w);
+  float normals[4 * kPhiloxCalls];  // positions 4 * (position >> 2) + k
+#pragma omp simd
+  for (int j = 0; j < kPhiloxCalls; ++j) {
+    detail::box_muller(w[0][j], w[1][j], normals[4 * j], normals[4 * j + 1]);
+    detail::box_muller(w[2][j], w[3][j], normals[4 * j + 2], normals[4 * j + 3]);
   }
   memcpy(z, normals + (position & 3), static_cast<size_t>(n) * sizeof(float));
 }
