@@ -11,7 +11,8 @@ One :meth:`GANTrainer.train_step` is one discriminator step on a real batch and,
 
 The D objective is :func:`fastgen.gan.penalty.discriminator_objective` (shared D forwards, fused
 penalty ops). With ``lazy_interval`` = k > 1 the penalty is applied on D steps 0, k, 2k, ... with
-gain k, and the default D optimizer's lr / betas get StyleGAN2's correction
+gain k, added to that step's loss: no optimizer step is added, so Adam needs none of StyleGAN2's
+lr / beta correction, which is for a penalty step of its own
 (:class:`fastgen.gan.regularizers.LazyRegularization`).
 
 Randomness: every latent and every WGAN-GP interpolation weight comes from the trainer's own
@@ -87,9 +88,8 @@ class GANTrainer:
             (StyleGAN2 uses 16 for R1); > 1 needs a penalty.
         n_critic: D steps per G step (WGAN-GP uses 5), an int >= 1.
         g_optimizer, d_optimizer: optimizers over the generator's / discriminator's parameters;
-            None builds ``torch.optim.Adam(params, lr, betas)``, for D with lr and betas corrected
-            by ``LazyRegularization(lazy_interval).adjust_optimizer`` (an optimizer passed in is
-            used as given: apply that correction yourself).
+            None builds ``torch.optim.Adam(params, lr, betas)`` (the lazy penalty joins a regular D
+            step, so no lr / beta correction applies).
         lr, betas: the default Adam optimizers' hyper-parameters (DCGAN's 2e-4, (0.5, 0.999)).
         ema_decay: None, or keep an exponential moving average of G's parameters with this decay
             in (0, 1) (e.g. 0.999), updated after every G step; its buffers (batch-norm statistics)
@@ -157,8 +157,7 @@ class GANTrainer:
         if g_optimizer is None:
             g_optimizer = torch.optim.Adam(self._g_params, lr=lr, betas=betas)
         if d_optimizer is None:
-            d_lr, d_betas = self.lazy.adjust_optimizer(lr, betas) if self.lazy.interval > 1 else (lr, betas)
-            d_optimizer = torch.optim.Adam(d_params, lr=d_lr, betas=d_betas)
+            d_optimizer = torch.optim.Adam(d_params, lr=lr, betas=betas)
         self.g_optimizer = _check_optimizer("g_optimizer", g_optimizer, generator, "generator")
         self.d_optimizer = _check_optimizer("d_optimizer", d_optimizer, discriminator, "discriminator")
         # GradScalers only for float16 (bfloat16 has float32's range); disabled ones are no-ops.
