@@ -36,15 +36,9 @@ from fastgen.diffusion.scheduling_ddim import DDIMScheduler
 from fastgen.diffusion.scheduling_ddpm import DDPMScheduler
 from fastgen.diffusion.trainer import DiffusionTrainer
 from fastgen.models import UNet
+from fastgen.models.unet_diffusers import DDPM_CIFAR10_DIFFUSERS_CONFIG
 
-# google/ddpm-cifar10-32's UNet2DModel config (its config.json), the architecture of UNet.ddpm_cifar10()
-DDPM_CIFAR10 = dict(sample_size=32, in_channels=3, out_channels=3, block_out_channels=(128, 256, 256, 256),
-                    layers_per_block=2,
-                    down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D", "DownBlock2D"),
-                    up_block_types=("UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D"), attention_head_dim=None,
-                    downsample_padding=0, flip_sin_to_cos=False, freq_shift=1, norm_eps=1e-6, norm_num_groups=32,
-                    mid_block_scale_factor=1, act_fn="silu", center_input_sample=False,
-                    time_embedding_type="positional")
+DDPM_CIFAR10 = DDPM_CIFAR10_DIFFUSERS_CONFIG
 BASELINE = "diffusers"
 
 

@@ -12,6 +12,15 @@ from .add_noise import block_for
 
 
 @triton.jit
+def _sample_chunk(per_sample, chunks_per_sample, BLOCK: tl.constexpr):
+    """This program's sample b, its in-sample offsets s, their mask and flat (int64) indices."""
+    pid = tl.program_id(0)
+    b = pid // chunks_per_sample
+    s = (pid % chunks_per_sample) * BLOCK + tl.arange(0, BLOCK)
+    return b, s < per_sample, b.to(tl.int64) * per_sample + s
+
+
+@triton.jit
 def _interpolate_kernel(
     real_ptr,  # (B * S,) real samples in storage order, any float dtype
     fake_ptr,  # (B * S,) generated samples, same layout and dtype
@@ -21,11 +30,7 @@ def _interpolate_kernel(
     chunks_per_sample,  # cdiv(S, BLOCK)
     BLOCK: tl.constexpr,
 ):
-    pid = tl.program_id(0)
-    b = pid // chunks_per_sample
-    s = (pid % chunks_per_sample) * BLOCK + tl.arange(0, BLOCK)
-    mask = s < per_sample
-    idx = b.to(tl.int64) * per_sample + s
+    b, mask, idx = _sample_chunk(per_sample, chunks_per_sample, BLOCK)
     alpha = tl.load(alpha_ptr + b)
     real = tl.load(real_ptr + idx, mask=mask).to(tl.float32)
     fake = tl.load(fake_ptr + idx, mask=mask).to(tl.float32)
@@ -40,12 +45,9 @@ def _sum_of_squares_kernel(
     chunks_per_sample,  # cdiv(S, BLOCK)
     BLOCK: tl.constexpr,
 ):
-    pid = tl.program_id(0)
-    b = pid // chunks_per_sample
-    s = (pid % chunks_per_sample) * BLOCK + tl.arange(0, BLOCK)
-    mask = s < per_sample
-    g = tl.load(grad_ptr + b.to(tl.int64) * per_sample + s, mask=mask, other=0.0).to(tl.float32)
-    tl.store(partial_ptr + pid, tl.sum(g * g, axis=0))
+    _, mask, idx = _sample_chunk(per_sample, chunks_per_sample, BLOCK)
+    g = tl.load(grad_ptr + idx, mask=mask, other=0.0).to(tl.float32)
+    tl.store(partial_ptr + tl.program_id(0), tl.sum(g * g, axis=0))
 
 
 @triton.jit
@@ -57,11 +59,7 @@ def _scale_kernel(
     chunks_per_sample,  # cdiv(S, BLOCK)
     BLOCK: tl.constexpr,
 ):
-    pid = tl.program_id(0)
-    b = pid // chunks_per_sample
-    s = (pid % chunks_per_sample) * BLOCK + tl.arange(0, BLOCK)
-    mask = s < per_sample
-    idx = b.to(tl.int64) * per_sample + s
+    b, mask, idx = _sample_chunk(per_sample, chunks_per_sample, BLOCK)
     g = tl.load(grad_ptr + idx, mask=mask).to(tl.float32)
     tl.store(out_ptr + idx, tl.load(coef_ptr + b) * g, mask=mask)
 

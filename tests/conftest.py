@@ -17,3 +17,14 @@ import pytest  # noqa: E402
 def _fixed_seed():
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a module of small tensors (``pytestmark = pytest.mark.usefixtures("one_thread")``):
+    on a shared 2-core machine OpenMP's waiting threads made such files ~10x slower with 2; the
+    previous setting comes back afterwards."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

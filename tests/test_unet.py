@@ -10,30 +10,17 @@ import pytest
 import torch
 
 from fastgen.models.unet import UNet
-from fastgen.models.unet_diffusers import convert_diffusers_state_dict, unet_kwargs_from_diffusers_config
+from fastgen.models.unet_diffusers import (DDPM_CIFAR10_DIFFUSERS_CONFIG, convert_diffusers_state_dict,
+                                           unet_kwargs_from_diffusers_config)
 from helpers import assert_close
 
 diffusers = pytest.importorskip("diffusers", reason="diffusers' UNet2DModel is the reference")
 from diffusers import UNet2DModel  # noqa: E402
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread for these small tensors: on a shared 2-core machine OpenMP's waiting
-    threads made this file ~10x slower with 2; the previous setting comes back afterwards."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
-# google/ddpm-cifar10-32's config.json (the fields that shape the model; the rest are diffusers' defaults)
-DDPM_CIFAR10 = dict(sample_size=32, in_channels=3, out_channels=3, block_out_channels=(128, 256, 256, 256),
-                    layers_per_block=2,
-                    down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D", "DownBlock2D"),
-                    up_block_types=("UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D"), attention_head_dim=None,
-                    downsample_padding=0, flip_sin_to_cos=False, freq_shift=1, norm_eps=1e-6, norm_num_groups=32,
-                    mid_block_scale_factor=1, act_fn="silu", center_input_sample=False,
-                    time_embedding_type="positional")
+DDPM_CIFAR10 = DDPM_CIFAR10_DIFFUSERS_CONFIG
 DDPM_CIFAR10_PARAMS = 35_746_307  # "35.7 million parameters": Ho et al. 2020, Appendix B
 
 SMALL = dict(sample_size=16, in_channels=3, out_channels=2, block_out_channels=(16, 32, 32), layers_per_block=1,

@@ -32,6 +32,16 @@ _DOWN = ("DownBlock2D", "AttnDownBlock2D")
 _UP = ("UpBlock2D", "AttnUpBlock2D")
 
 
+
+# google/ddpm-cifar10-32's UNet2DModel config (the fields of its config.json that shape the model; the
+# rest are diffusers' defaults): the architecture of UNet.ddpm_cifar10(), for building the reference.
+DDPM_CIFAR10_DIFFUSERS_CONFIG = dict(
+    sample_size=32, in_channels=3, out_channels=3, block_out_channels=(128, 256, 256, 256), layers_per_block=2,
+    down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D", "DownBlock2D"),
+    up_block_types=("UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D"), attention_head_dim=None,
+    downsample_padding=0, flip_sin_to_cos=False, freq_shift=1, norm_eps=1e-6, norm_num_groups=32,
+    mid_block_scale_factor=1, act_fn="silu", center_input_sample=False, time_embedding_type="positional")
+
 def _require(config, name, allowed) -> None:
     value = config.get(name, allowed[0])
     if value not in allowed:
