@@ -17,11 +17,15 @@ import json
 from collections.abc import Mapping
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from .. import _rng
 from ..ops import add_noise as _add_noise_op
+from ..ops import sampling_step
 from ..ops.sampling_step import PM, PX
+from ..ops.step_coefficients import PREDICTION_TYPES
+from . import schedules
 from .._layout import per_sample
 
 CONFIG_NAME = "scheduler_config.json"
@@ -180,6 +184,55 @@ class SchedulerBase:
     def scale_model_input(self, sample: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         """The sample unchanged: these schedulers feed the model x_t as it is."""
         return sample
+
+    # -- what every scheduler's constructor and step share ------------------------------------
+
+    def _init_schedule(self, num_train_timesteps: int, beta_start: float, beta_end: float, beta_schedule: str,
+                       trained_betas, prediction_type: str, timestep_spacing: str,
+                       rescale_betas_zero_snr: bool) -> None:
+        """Check the common configuration and build ``betas``, ``alphas`` and ``alphas_cumprod`` (host)."""
+        if prediction_type not in PREDICTION_TYPES:
+            raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {prediction_type!r}")
+        schedules.check_spacing(timestep_spacing)
+        self.betas = schedules.make_betas(num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas)
+        if rescale_betas_zero_snr:
+            self.betas = schedules.rescale_zero_terminal_snr(self.betas)
+        self.alphas = 1.0 - self.betas
+        self.alphas_cumprod = schedules.alphas_cumprod_of(self.betas)
+
+    def _timestep_index(self, timestep, device: torch.device) -> tuple[torch.Tensor, int | None]:
+        """(row index on ``device``, the timestep as an int where it is known on the host, else None).
+
+        An int or a one-element CPU tensor is range-checked and turned into a cached device index;
+        any other integer tensor is the index itself (no host synchronisation)."""
+        if isinstance(timestep, (int, np.integer)) or (isinstance(timestep, torch.Tensor)
+                                                       and timestep.device.type == "cpu" and timestep.numel() == 1):
+            t = int(timestep)
+            if not 0 <= t < self._num_rows:
+                raise ValueError(f"timestep must lie in [0, {self._num_rows - 1}], got {t}")
+            return self._row_index(t, device), t
+        if isinstance(timestep, torch.Tensor):
+            return timestep, None
+        raise TypeError(f"timestep must be an int or an integer tensor, got {type(timestep).__name__}")
+
+    def _fused_step(self, model_output: torch.Tensor, sample: torch.Tensor, coefs: torch.Tensor,
+                    index: torch.Tensor, noise_args: dict, return_dict: bool):
+        """The fused update with this scheduler's clipping, then (prev_sample, pred_original_sample):
+        x0 is computed lazily (on first access) where that is safe, so a loop that never reads it
+        never pays for it."""
+        clip = self.config.clip_sample_range if self.config.clip_sample else None
+        eager = not return_dict or not can_defer(sample, model_output)
+        out, x0 = sampling_step(sample, model_output, coefs, index, clip_range=clip, return_x0=eager,
+                                impl=self.impl, **noise_args)
+        self._after_noise(noise_args, sample.numel())
+        if eager:
+            x0 = x0.to(model_output.dtype)
+        else:
+            x0 = lazy_x0(sample, model_output, coefs, index if index.dim() else index.reshape(1), clip,
+                         model_output.dtype)
+        if not return_dict:
+            return out, x0
+        return SchedulerOutput(out, x0, has_x0=True)
 
     # -- device caches -------------------------------------------------------------------------
 

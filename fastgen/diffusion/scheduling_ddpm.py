@@ -4,10 +4,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..ops import sampling_step
-from ..ops.step_coefficients import DDPM_VARIANCE_TYPES, PREDICTION_TYPES, ddpm_coefficients
+from ..ops.step_coefficients import DDPM_VARIANCE_TYPES, ddpm_coefficients
 from . import schedules
-from .scheduling_base import SchedulerBase, SchedulerOutput, can_defer, lazy_x0
+from .scheduling_base import SchedulerBase, SchedulerOutput
 
 DDPMSchedulerOutput = SchedulerOutput
 
@@ -36,14 +35,8 @@ class DDPMScheduler(SchedulerBase):
                                       f"(supported: {DDPM_VARIANCE_TYPES})")
         if variance_type not in DDPM_VARIANCE_TYPES:
             raise ValueError(f"variance_type must be one of {DDPM_VARIANCE_TYPES}, got {variance_type!r}")
-        if prediction_type not in PREDICTION_TYPES:
-            raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {prediction_type!r}")
-        schedules.check_spacing(timestep_spacing)
-        self.betas = schedules.make_betas(num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas)
-        if rescale_betas_zero_snr:
-            self.betas = schedules.rescale_zero_terminal_snr(self.betas)
-        self.alphas = 1.0 - self.betas
-        self.alphas_cumprod = schedules.alphas_cumprod_of(self.betas)
+        self._init_schedule(num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas, prediction_type,
+                            timestep_spacing, rescale_betas_zero_snr)
         self.variance_type = variance_type
         self.timesteps = torch.arange(num_train_timesteps - 1, -1, -1, dtype=torch.int64)
         self._num_rows = num_train_timesteps
@@ -104,31 +97,12 @@ class DDPMScheduler(SchedulerBase):
         self._require_timesteps()
         device = sample.device
         coefs = self._on("coefs", self._coefs, device)
-        if isinstance(timestep, (int, np.integer)) or (isinstance(timestep, torch.Tensor)
-                                                       and timestep.device.type == "cpu" and timestep.numel() == 1):
-            t = int(timestep)
-            if not 0 <= t < self._num_rows:
-                raise ValueError(f"timestep must lie in [0, {self._num_rows - 1}], got {t}")
-            index, t_host = self._row_index(t, device), t
-        elif isinstance(timestep, torch.Tensor):
-            index, t_host = timestep, self._timestep_value(timestep)
-        else:
-            raise TypeError(f"timestep must be an int or an integer tensor, got {type(timestep).__name__}")
+        index, t_host = self._timestep_index(timestep, device)
+        if t_host is None:
+            t_host = self._timestep_value(timestep)
         noise_args = {}
         if t_host is None and generator is not None and variance_noise is None:
             t_host = int(timestep.max())  # a generator draws on the host: whether to draw needs t (one sync)
         if t_host is None or t_host > 0:
             noise_args = self._noise_args(model_output, generator, variance_noise, model_output.dtype)
-        clip = self.config.clip_sample_range if self.config.clip_sample else None
-        eager = not return_dict or not can_defer(sample, model_output)
-        out, x0 = sampling_step(sample, model_output, coefs, index, clip_range=clip, return_x0=eager,
-                                impl=self.impl, **noise_args)
-        self._after_noise(noise_args, sample.numel())
-        if eager:
-            x0 = x0.to(model_output.dtype)
-        else:
-            x0 = lazy_x0(sample, model_output, coefs, index if index.dim() else index.reshape(1), clip,
-                         model_output.dtype)
-        if not return_dict:
-            return out, x0
-        return SchedulerOutput(out, x0, has_x0=True)
+        return self._fused_step(model_output, sample, coefs, index, noise_args, return_dict)

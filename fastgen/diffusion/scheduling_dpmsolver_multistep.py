@@ -5,7 +5,7 @@ import numpy as np
 import torch
 
 from ..ops import sampling_step
-from ..ops.step_coefficients import DPM_ALGORITHM_TYPES, DPM_SOLVER_TYPES, PREDICTION_TYPES, dpmpp_coefficients
+from ..ops.step_coefficients import DPM_ALGORITHM_TYPES, DPM_SOLVER_TYPES, dpmpp_coefficients
 from . import schedules
 from .scheduling_base import SchedulerBase, SchedulerOutput
 
@@ -64,16 +64,10 @@ class DPMSolverMultistepScheduler(SchedulerBase):
             raise ValueError(f"solver_type must be one of {DPM_SOLVER_TYPES}, got {solver_type!r}")
         if solver_order not in (1, 2):
             raise ValueError(f"solver_order must be 1 or 2, got {solver_order!r}")
-        if prediction_type not in PREDICTION_TYPES:
-            raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {prediction_type!r}")
         if final_sigmas_type not in FINAL_SIGMAS_TYPES:
             raise ValueError(f"final_sigmas_type must be one of {FINAL_SIGMAS_TYPES}, got {final_sigmas_type!r}")
-        schedules.check_spacing(timestep_spacing)
-        self.betas = schedules.make_betas(num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas)
-        if rescale_betas_zero_snr:
-            self.betas = schedules.rescale_zero_terminal_snr(self.betas)
-        self.alphas = 1.0 - self.betas
-        self.alphas_cumprod = schedules.alphas_cumprod_of(self.betas)
+        self._init_schedule(num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas, prediction_type,
+                            timestep_spacing, rescale_betas_zero_snr)
         if rescale_betas_zero_snr:
             self.alphas_cumprod[-1] = 2.0**-24  # keeps sigma finite at the zero-SNR end, as diffusers does
         self.alpha_t = self.alphas_cumprod.sqrt()
