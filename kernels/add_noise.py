@@ -4,6 +4,7 @@ import triton
 import triton.language as tl
 
 from .philox import philox_normal
+from .tiling import launch_shape, sample_chunk
 
 
 @triton.jit
@@ -21,17 +22,12 @@ def _add_noise_kernel(
     GENERATE_NOISE: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
-    pid = tl.program_id(0)
-    b = pid // chunks_per_sample
-    chunk = pid % chunks_per_sample
+    b, mask, idx = sample_chunk(per_sample, chunks_per_sample, BLOCK)
     t = tl.load(t_ptr + b * t_stride)
     t = tl.minimum(tl.maximum(t, 0), num_train - 1)
     abar = tl.load(abar_ptr + t)
     signal, noise_scale = tl.sqrt(abar), tl.sqrt(1.0 - abar)
 
-    s = chunk * BLOCK + tl.arange(0, BLOCK)
-    mask = s < per_sample
-    idx = b.to(tl.int64) * per_sample + s
     x0 = tl.load(x0_ptr + idx, mask=mask).to(tl.float32)
     if GENERATE_NOISE:
         eps = philox_normal(tl.load(rng_ptr), tl.load(rng_ptr + 1) + idx)
@@ -40,17 +36,9 @@ def _add_noise_kernel(
     tl.store(out_ptr + idx, signal * x0 + noise_scale * eps, mask=mask)
 
 
-def block_for(per_sample: int) -> int:
-    """Elements per program: 1024-wide for image-sized samples, no wider than a tiny sample needs."""
-    return max(16, min(1024, triton.next_power_of_2(per_sample)))
-
-
 def add_noise(x0: torch.Tensor, noise, t: torch.Tensor, abar: torch.Tensor, rng, out: torch.Tensor) -> None:
     """Launch on batch-major dense tensors sharing strides; ``noise`` or ``rng`` is None."""
-    batch = x0.shape[0]
-    per_sample = x0.numel() // batch
-    block = block_for(per_sample)
-    chunks = triton.cdiv(per_sample, block)
+    batch, per_sample, block, chunks = launch_shape(x0)
     generate = noise is None
     _add_noise_kernel[(batch * chunks,)](
         x0, x0 if generate else noise, out, t, t.stride(0), abar, abar.numel(),

@@ -10,8 +10,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .add_noise import block_for
 from .philox import philox_normal
+from .tiling import launch_shape, sample_chunk
 
 
 @triton.jit
@@ -50,18 +50,13 @@ def _loss_forward_kernel(
     GENERATE_NOISE: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
-    pid = tl.program_id(0)
-    b = pid // chunks_per_sample
-    chunk = pid % chunks_per_sample
+    b, mask, idx = sample_chunk(per_sample, chunks_per_sample, BLOCK)
     t = tl.minimum(tl.maximum(tl.load(t_ptr + b * t_stride), 0), num_train - 1)
     abar = tl.load(abar_ptr + t)
-    s = chunk * BLOCK + tl.arange(0, BLOCK)
-    mask = s < per_sample
-    idx = b.to(tl.int64) * per_sample + s
     d = _residual(pred_ptr, x0_ptr, noise_ptr, rng_ptr, idx, mask, tl.sqrt(abar), tl.sqrt(1.0 - abar),
                   MODE, GENERATE_NOISE)
     d = tl.where(mask, d, 0.0)
-    tl.store(partial_ptr + pid, tl.sum(d * d, axis=0))
+    tl.store(partial_ptr + tl.program_id(0), tl.sum(d * d, axis=0))
 
 
 @triton.jit
@@ -84,15 +79,10 @@ def _loss_backward_kernel(
     WRITE_X0: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
-    pid = tl.program_id(0)
-    b = pid // chunks_per_sample
-    chunk = pid % chunks_per_sample
+    b, mask, idx = sample_chunk(per_sample, chunks_per_sample, BLOCK)
     t = tl.minimum(tl.maximum(tl.load(t_ptr + b * t_stride), 0), num_train - 1)
     abar = tl.load(abar_ptr + t)
     a_sig, a_noise = tl.sqrt(abar), tl.sqrt(1.0 - abar)
-    s = chunk * BLOCK + tl.arange(0, BLOCK)
-    mask = s < per_sample
-    idx = b.to(tl.int64) * per_sample + s
     d = _residual(pred_ptr, x0_ptr, noise_ptr, rng_ptr, idx, mask, a_sig, a_noise, MODE, GENERATE_NOISE)
     gp = tl.load(scale_ptr + b) * d
     tl.store(grad_pred_ptr + idx, gp, mask=mask)
@@ -104,16 +94,9 @@ def _loss_backward_kernel(
         tl.store(grad_x0_ptr + idx, grad_x0, mask=mask)
 
 
-def _launch_shape(pred: torch.Tensor):
-    batch = pred.shape[0]
-    per_sample = pred.numel() // batch
-    block = block_for(per_sample)
-    return batch, per_sample, block, triton.cdiv(per_sample, block)
-
-
 def loss_forward(pred, x0, noise, t, abar, rng, mode: int) -> torch.Tensor:
     """Per-sample sums of squared residuals, float32 (B,). Tensors batch-major dense, sharing strides."""
-    batch, per_sample, block, chunks = _launch_shape(pred)
+    batch, per_sample, block, chunks = launch_shape(pred)
     partial = torch.empty(batch * chunks, device=pred.device, dtype=torch.float32)
     generate = noise is None
     _loss_forward_kernel[(batch * chunks,)](
@@ -126,7 +109,7 @@ def loss_forward(pred, x0, noise, t, abar, rng, mode: int) -> torch.Tensor:
 
 def loss_backward(pred, x0, noise, t, abar, rng, scale, mode: int, grad_pred, grad_x0) -> None:
     """Write grad_pred (and grad_x0 unless None) for per-sample scales ``scale`` (float32 (B,))."""
-    batch, per_sample, block, chunks = _launch_shape(pred)
+    batch, per_sample, block, chunks = launch_shape(pred)
     generate = noise is None
     _loss_backward_kernel[(batch * chunks,)](
         pred, x0, pred if generate else noise, grad_pred, grad_pred if grad_x0 is None else grad_x0, scale,

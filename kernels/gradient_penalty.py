@@ -8,16 +8,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .add_noise import block_for
-
-
-@triton.jit
-def _sample_chunk(per_sample, chunks_per_sample, BLOCK: tl.constexpr):
-    """This program's sample b, its in-sample offsets s, their mask and flat (int64) indices."""
-    pid = tl.program_id(0)
-    b = pid // chunks_per_sample
-    s = (pid % chunks_per_sample) * BLOCK + tl.arange(0, BLOCK)
-    return b, s < per_sample, b.to(tl.int64) * per_sample + s
+from .tiling import launch_shape, sample_chunk
 
 
 @triton.jit
@@ -30,7 +21,7 @@ def _interpolate_kernel(
     chunks_per_sample,  # cdiv(S, BLOCK)
     BLOCK: tl.constexpr,
 ):
-    b, mask, idx = _sample_chunk(per_sample, chunks_per_sample, BLOCK)
+    b, mask, idx = sample_chunk(per_sample, chunks_per_sample, BLOCK)
     alpha = tl.load(alpha_ptr + b)
     real = tl.load(real_ptr + idx, mask=mask).to(tl.float32)
     fake = tl.load(fake_ptr + idx, mask=mask).to(tl.float32)
@@ -45,7 +36,7 @@ def _sum_of_squares_kernel(
     chunks_per_sample,  # cdiv(S, BLOCK)
     BLOCK: tl.constexpr,
 ):
-    _, mask, idx = _sample_chunk(per_sample, chunks_per_sample, BLOCK)
+    _, mask, idx = sample_chunk(per_sample, chunks_per_sample, BLOCK)
     g = tl.load(grad_ptr + idx, mask=mask, other=0.0).to(tl.float32)
     tl.store(partial_ptr + tl.program_id(0), tl.sum(g * g, axis=0))
 
@@ -59,31 +50,24 @@ def _scale_kernel(
     chunks_per_sample,  # cdiv(S, BLOCK)
     BLOCK: tl.constexpr,
 ):
-    b, mask, idx = _sample_chunk(per_sample, chunks_per_sample, BLOCK)
+    b, mask, idx = sample_chunk(per_sample, chunks_per_sample, BLOCK)
     g = tl.load(grad_ptr + idx, mask=mask).to(tl.float32)
     tl.store(out_ptr + idx, tl.load(coef_ptr + b) * g, mask=mask)
 
 
-def _grid(x: torch.Tensor) -> tuple[int, int, int]:
-    """(per_sample, chunks_per_sample, BLOCK) for a batch-major tensor with a non-empty batch."""
-    per_sample = x.numel() // x.shape[0]
-    block = block_for(per_sample)
-    return per_sample, triton.cdiv(per_sample, block), block
-
-
 def interpolate(real: torch.Tensor, fake: torch.Tensor, alpha: torch.Tensor, out: torch.Tensor) -> None:
-    per_sample, chunks, block = _grid(real)
+    _, per_sample, block, chunks = launch_shape(real)
     _interpolate_kernel[(real.shape[0] * chunks,)](real, fake, alpha, out, per_sample, chunks, BLOCK=block, num_warps=4)
 
 
 def sum_of_squares(grad: torch.Tensor) -> torch.Tensor:
     """Per-sample sum of squares, float32 (B,): partial sums per program, then a fixed-order sum."""
-    per_sample, chunks, block = _grid(grad)
+    _, per_sample, block, chunks = launch_shape(grad)
     partial = torch.empty(grad.shape[0] * chunks, dtype=torch.float32, device=grad.device)
     _sum_of_squares_kernel[(grad.shape[0] * chunks,)](grad, partial, per_sample, chunks, BLOCK=block, num_warps=4)
     return partial.view(grad.shape[0], chunks).sum(dim=1)
 
 
 def scale(grad: torch.Tensor, coef: torch.Tensor, out: torch.Tensor) -> None:
-    per_sample, chunks, block = _grid(grad)
+    _, per_sample, block, chunks = launch_shape(grad)
     _scale_kernel[(grad.shape[0] * chunks,)](grad, coef, out, per_sample, chunks, BLOCK=block, num_warps=4)

@@ -11,6 +11,7 @@ import triton
 import triton.language as tl
 
 from .philox import philox_normal
+from .tiling import launch_shape, sample_chunk
 
 NOISE_NONE, NOISE_TENSOR, NOISE_PHILOX = 0, 1, 2
 
@@ -37,9 +38,7 @@ def _sampling_step_kernel(
     WRITE_X0: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
-    pid = tl.program_id(0)
-    b = pid // chunks_per_sample
-    chunk = pid % chunks_per_sample
+    b, mask, idx = sample_chunk(per_sample, chunks_per_sample, BLOCK)
     row = tl.load(index_ptr + b * index_stride)
     row = tl.minimum(tl.maximum(row, 0), num_rows - 1)
     c = coefs_ptr + row * 10
@@ -47,9 +46,6 @@ def _sampling_step_kernel(
     ex, em, e0 = tl.load(c + 2), tl.load(c + 3), tl.load(c + 4)
     ox, o0, oe = tl.load(c + 5), tl.load(c + 6), tl.load(c + 7)
 
-    s = chunk * BLOCK + tl.arange(0, BLOCK)
-    mask = s < per_sample
-    idx = b.to(tl.int64) * per_sample + s
     x = tl.load(sample_ptr + idx, mask=mask).to(tl.float32)
     m = tl.load(model_ptr + idx, mask=mask).to(tl.float32)
     x0 = px * x + pm * m
@@ -74,19 +70,11 @@ def _sampling_step_kernel(
         tl.store(x0_ptr + idx, x0, mask=mask)
 
 
-def block_for(per_sample: int) -> int:
-    """Elements per program: 1024-wide for image-sized samples, no wider than a tiny sample needs."""
-    return max(16, min(1024, triton.next_power_of_2(per_sample)))
-
-
 def sampling_step(sample: torch.Tensor, model_output: torch.Tensor, prev_x0, noise, index: torch.Tensor,
                   coefs: torch.Tensor, rng, clip_range, out: torch.Tensor, x0) -> None:
     """Launch on batch-major dense tensors sharing strides; ``prev_x0``, ``noise``, ``rng``, ``x0``
     and ``clip_range`` may be None (at most one of ``noise`` and ``rng`` is given)."""
-    batch = sample.shape[0]
-    per_sample = sample.numel() // batch
-    block = block_for(per_sample)
-    chunks = triton.cdiv(per_sample, block)
+    batch, per_sample, block, chunks = launch_shape(sample)
     mode = NOISE_TENSOR if noise is not None else (NOISE_PHILOX if rng is not None else NOISE_NONE)
     _sampling_step_kernel[(batch * chunks,)](
         sample, model_output, sample if prev_x0 is None else prev_x0, sample if noise is None else noise,
