@@ -33,10 +33,14 @@ __all__ = ["gradient_penalty", "discriminator_objective", "PENALTY_KINDS"]
 PENALTY_KINDS = gp_ops.PENALTY_KINDS
 
 
-def _check_inputs(D, real, fake, kind: str, weight):
-    kind, weight = gp_ops.check_kind(kind), gp_ops.check_weight(weight)
+def _check_D(D) -> None:
     if not callable(D):
         raise TypeError(f"D must be a callable discriminator (an nn.Module), got {type(D).__name__}")
+
+
+def _check_inputs(D, real, fake, kind: str, weight):
+    kind, weight = gp_ops.check_kind(kind), gp_ops.check_weight(weight)
+    _check_D(D)
     real = _validate.check_floating("real", real)
     if fake is None:
         if kind != "r1":
@@ -124,8 +128,7 @@ def discriminator_objective(D, real: torch.Tensor, fake: torch.Tensor, *, loss: 
     Same arguments as :func:`gradient_penalty` otherwise; penalty None is the plain loss.
     """
     if penalty is None:
-        if not callable(D):
-            raise TypeError(f"D must be a callable discriminator (an nn.Module), got {type(D).__name__}")
+        _check_D(D)
         real = _validate.check_floating("real", real)
         fake = _validate.check_like("fake", fake, "real", real)
         d_loss = losses.discriminator_loss(*_real_fake_outputs(D, real, fake), loss)
