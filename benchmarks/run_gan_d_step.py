@@ -117,6 +117,9 @@ def penalty_ops(device: torch.device, shape: tuple[int, ...], timing: dict) -> l
     compiled = torch.compile(lerp_eager)
     compiled(real, fake, alpha)
     interp.add("torch.compile", lambda: compiled(real, fake, alpha))
+    # alpha drawn per call: torch.rand's extra launch against the draw inside the interpolation kernel
+    interp.add("eager, alpha drawn (torch.rand + lerp)", lambda: lerp_eager(real, fake, torch.rand(shape[0], device=device)))
+    state = torch.tensor([0, 0], dtype=torch.int64, device=device)
     pen = benchmarking.Comparison(f"gp penalty_from_grad fwd+bwd {label}", baseline="eager", device=device,
                                   bytes_moved=3 * nbytes, **timing)
     pen.add("eager", fwd_bwd(penalty_eager))
@@ -129,6 +132,8 @@ def penalty_ops(device: torch.device, shape: tuple[int, ...], timing: dict) -> l
             pen.skip(f"fastgen[{impl}]", reason)
             continue
         interp.add(f"fastgen[{impl}]", lambda impl=impl: gp_ops.interpolate(real, fake, alpha, impl=impl))
+        if impl == "triton":  # the reference draws its Philox alphas with slow integer tensor ops
+            interp.add("fastgen[triton], alpha drawn in kernel", lambda: gp_ops.interpolate(real, fake, seed=state, impl="triton"))
         pen.add(f"fastgen[{impl}]", fwd_bwd(lambda g, impl=impl: gp_ops.penalty_from_grad(g, "wgan-gp", WEIGHT, impl=impl)))
     return [interp, pen]
 

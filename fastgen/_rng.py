@@ -8,6 +8,9 @@ position k = offset + i of the stream, and positions 4p .. 4p + 3 share one Phil
     u1 = ((a >> 8) + 0.5) / 2**24,  u2 = ((b >> 8) + 0.5) / 2**24        # exact in float32, in (0, 1]
     z  = sqrt(-2 log u1) * (cos(2 pi u2) if k is even else sin(2 pi u2))  # Box-Muller's pair, float32
 
+A uniform at position k (:func:`philox_uniform_ref`, the per-sample alpha of the gradient
+penalty) is word r_(k mod 4) of call p, the word z_k takes as its u1 (k even) or u2 (k odd).
+
 Using all four Philox words and both of Box-Muller's normals quarters the Philox rounds per
 element; that and a vectorised log / sin / cos (csrc/cpu/philox_block.h) make in-kernel noise on
 the CPU cheaper than torch.randn.
@@ -53,20 +56,42 @@ def philox4x32_ref(seed: torch.Tensor, counter: torch.Tensor) -> tuple[torch.Ten
     return c0, c1, c2, c3
 
 
+def _philox_call(state: torch.Tensor, numel: int) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+    """(position, (r0, r1, r2, r3) of each position's Philox call) for stream positions offset .. offset + numel - 1."""
+    position = torch.arange(numel, dtype=torch.int64, device=state.device) + state[1]
+    return position, philox4x32_ref(state[0], position >> 2)
+
+
+def _unit_interval(word: torch.Tensor) -> torch.Tensor:
+    """The top 24 bits of a 32-bit word as a float32 in (0, 1): ((w >> 8) + 0.5) / 2**24, exact."""
+    return ((word >> 8).to(torch.float32) + 0.5) * 2.0**-24
+
+
 def philox_normal_ref(state: torch.Tensor, numel: int) -> torch.Tensor:
     """Standard normals z_i for i in [0, numel) from the Philox ``state`` [seed, offset]: float32 (numel,).
 
     Runs on the state's device with tensor ops only (no host synchronisation).
     """
-    position = torch.arange(numel, dtype=torch.int64, device=state.device) + state[1]
-    r0, r1, r2, r3 = philox4x32_ref(state[0], position >> 2)
+    position, (r0, r1, r2, r3) = _philox_call(state, numel)
     second = (position & 2).bool()
-    w_radius, w_angle = torch.where(second, r2, r0), torch.where(second, r3, r1)
-    u1 = ((w_radius >> 8).to(torch.float32) + 0.5) * 2.0**-24
-    u2 = ((w_angle >> 8).to(torch.float32) + 0.5) * 2.0**-24
+    u1, u2 = _unit_interval(torch.where(second, r2, r0)), _unit_interval(torch.where(second, r3, r1))
     angle = 6.283185307179586 * u2
     odd = (position & 1).bool()
     return torch.sqrt(-2.0 * torch.log(u1)) * torch.where(odd, torch.sin(angle), torch.cos(angle))
+
+
+def philox_uniform_ref(state: torch.Tensor, numel: int) -> torch.Tensor:
+    """Uniforms u_i in (0, 1) for i in [0, numel) from the Philox ``state`` [seed, offset]: float32 (numel,).
+
+    Position k's uniform is word r_(k mod 4) of Philox call k >> 2, top 24 bits: a 24-bit grid in
+    (0, 1), exact in float32, never 0 or 1 — the same word Box-Muller takes as u1 (even k) or u2
+    (odd k) for the normal at k. The gradient penalty draws its per-sample alpha this way inside the
+    interpolation kernel.
+    """
+    position, (r0, r1, r2, r3) = _philox_call(state, numel)
+    lane = position & 3
+    word = torch.where(lane == 0, r0, torch.where(lane == 1, r1, torch.where(lane == 2, r2, r3)))
+    return _unit_interval(word)
 
 
 def new_seed() -> int:

@@ -1,5 +1,6 @@
-"""Gradient-penalty kernels: the interpolation x_hat = alpha_b * real + (1 - alpha_b) * fake and the
-per-sample sum of squares of a gradient, each one pass over memory.
+"""Gradient-penalty kernels: the interpolation x_hat = alpha_b * real + (1 - alpha_b) * fake (alpha
+given, or drawn in the kernel from Philox) and the per-sample sum of squares of a gradient, each one
+pass over memory.
 
 Both walk batch-major dense tensors as flat storage (fastgen/_layout.py): program (b, chunk) covers
 elements [chunk * BLOCK, (chunk + 1) * BLOCK) of sample b.
@@ -8,6 +9,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .philox import philox_uniform
 from .tiling import launch_shape, sample_chunk
 
 
@@ -15,14 +17,23 @@ from .tiling import launch_shape, sample_chunk
 def _interpolate_kernel(
     real_ptr,  # (B * S,) real samples in storage order, any float dtype
     fake_ptr,  # (B * S,) generated samples, same layout and dtype
-    alpha_ptr,  # float32 (B,) interpolation weight of real, one per sample
+    alpha_ptr,  # float32 (B,) interpolation weight of real: read, or written when DRAW_ALPHA
+    rng_ptr,  # int64 [seed, offset] Philox state; unused unless DRAW_ALPHA
     out_ptr,  # (B * S,) x_hat, the dtype of real
     per_sample,  # S, elements of one sample
     chunks_per_sample,  # cdiv(S, BLOCK)
+    DRAW_ALPHA: tl.constexpr,  # alpha_b = the Philox uniform at stream position offset + b
     BLOCK: tl.constexpr,
 ):
     b, mask, idx = sample_chunk(per_sample, chunks_per_sample, BLOCK)
-    alpha = tl.load(alpha_ptr + b)
+    if DRAW_ALPHA:
+        # Every program of sample b draws the same alpha (one Philox call, cheaper than a load
+        # the other programs would wait for); the first chunk's program records it for backward.
+        alpha = philox_uniform(tl.load(rng_ptr), tl.load(rng_ptr + 1) + b)
+        if tl.program_id(0) % chunks_per_sample == 0:
+            tl.store(alpha_ptr + b, alpha)
+    else:
+        alpha = tl.load(alpha_ptr + b)
     real = tl.load(real_ptr + idx, mask=mask).to(tl.float32)
     fake = tl.load(fake_ptr + idx, mask=mask).to(tl.float32)
     tl.store(out_ptr + idx, alpha * real + (1.0 - alpha) * fake, mask=mask)
@@ -55,9 +66,13 @@ def _scale_kernel(
     tl.store(out_ptr + idx, tl.load(coef_ptr + b) * g, mask=mask)
 
 
-def interpolate(real: torch.Tensor, fake: torch.Tensor, alpha: torch.Tensor, out: torch.Tensor) -> None:
+def interpolate(real: torch.Tensor, fake: torch.Tensor, alpha: torch.Tensor, out: torch.Tensor,
+                rng: torch.Tensor | None = None) -> None:
+    """out = alpha_b * real + (1 - alpha_b) * fake. With ``rng`` (int64 [seed, offset]) alpha is
+    drawn in the kernel and written into ``alpha`` (float32 (B,)); without it alpha is read."""
     _, per_sample, block, chunks = launch_shape(real)
-    _interpolate_kernel[(real.shape[0] * chunks,)](real, fake, alpha, out, per_sample, chunks, BLOCK=block, num_warps=4)
+    _interpolate_kernel[(real.shape[0] * chunks,)](real, fake, alpha, alpha if rng is None else rng, out, per_sample,
+                                                   chunks, DRAW_ALPHA=rng is not None, BLOCK=block, num_warps=4)
 
 
 def sum_of_squares(grad: torch.Tensor) -> torch.Tensor:

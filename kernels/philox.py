@@ -22,3 +22,13 @@ def philox_normal(seed, counter):
     radius = tl.sqrt(-2.0 * tl.log(u1))
     angle = 6.283185307179586 * u2
     return radius * tl.where((lane & 1) == 1, tl.sin(angle), tl.cos(angle))
+
+
+@triton.jit
+def philox_uniform(seed, counter):
+    """Uniform float32 in (0, 1) for int64 stream positions ``counter``: word r_(counter mod 4) of
+    Philox call counter >> 2, top 24 bits (fastgen/_rng.py: philox_uniform_ref)."""
+    r0, r1, r2, r3 = tl.randint4x(seed, counter >> 2)
+    lane = counter & 3
+    w = tl.where(lane == 0, r0, tl.where(lane == 1, r1, tl.where(lane == 2, r2, r3)))
+    return ((w >> 8).to(tl.float32) + 0.5) * 5.9604644775390625e-08  # 2**-24

@@ -76,6 +76,79 @@ def test_interpolate_gradients_reach_real_and_fake(impl):
     assert_close(d_fake, (1 - alpha).view(3, 1, 1) * upstream, name="d fake")
 
 
+# --- alpha drawn inside the kernel from a Philox seed ------------------------------------------------
+
+def test_philox_uniform_is_the_box_muller_word_of_the_normal_stream_and_uniform():
+    import math
+
+    from fastgen import _rng
+
+    state = torch.tensor([1234, 6], dtype=torch.int64)  # an even offset: pairs (k, k + 1) share one draw
+    u = _rng.philox_uniform_ref(state, 200_000).double()
+    z = _rng.philox_normal_ref(state, 200_000).double()
+    assert 0.0 < float(u.min()) and float(u.max()) < 1.0
+    # Box-Muller on each pair (z_k, z_k+1), k even: radius^2 = -2 log u_k, angle = 2 pi u_k+1
+    assert_close(z[0::2] ** 2 + z[1::2] ** 2, -2.0 * u[0::2].log(), rtol=1e-5, atol=1e-5, name="radius")
+    angle = torch.atan2(z[1::2], z[0::2]) % (2 * math.pi)
+    wrapped = (angle - 2 * math.pi * u[1::2] + math.pi) % (2 * math.pi) - math.pi
+    assert float(wrapped.abs().max()) < 1e-3
+    # 10 equal bins of 200k uniforms: chi-square with 9 dof, 1e-4 tail at 33.7
+    counts = torch.histc(u.float(), bins=10, min=0.0, max=1.0)
+    chi2 = float(((counts - 20_000) ** 2 / 20_000).sum())
+    assert chi2 < 33.7, chi2
+
+
+@pytest.mark.parametrize("impl", impls())
+@pytest.mark.parametrize("dtype", KERNEL_DTYPES)
+@pytest.mark.parametrize("shape,channels_last", SHAPES)
+def test_interpolate_with_seed_draws_alpha_in_kernel(impl, dtype, shape, channels_last):
+    real, fake = make(shape, channels_last, dtype), make(shape, channels_last, dtype)
+    state = torch.tensor([987654321, 11], dtype=torch.int64)
+    out, alpha = ops._interpolate_seeded_op(real, fake, state, impl)
+    expected_alpha = ops.draw_alpha(shape[0], real.device, seed=state)
+    assert alpha.dtype == torch.float32 and torch.equal(alpha, expected_alpha)  # exact: 24-bit uniforms
+    assert out.dtype == dtype and out.stride() == real.stride()
+    assert_close(out, ops.interpolate_ref(real, fake, expected_alpha), dtype)
+    assert_close(ops.interpolate(real, fake, seed=state, impl=impl), out, dtype, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("impl", impls())
+def test_seeded_alpha_depends_on_seed_and_offset_and_gradients_use_it(impl):
+    real, fake = torch.randn(6, 2, 5, requires_grad=True), torch.randn(6, 2, 5, requires_grad=True)
+    a = ops.draw_alpha(6, real.device, seed=5)
+    assert len(set(a.tolist())) == 6  # one weight per sample, not one per batch
+    assert not torch.equal(a, ops.draw_alpha(6, real.device, seed=6))
+    # offset o: alpha_b is stream position o + b
+    shifted = ops.draw_alpha(6, real.device, seed=torch.tensor([5, 2], dtype=torch.int64))
+    assert torch.equal(shifted[:4], a[2:])
+    out = ops.interpolate(real, fake, seed=5, impl=impl)
+    upstream = torch.randn_like(out)
+    d_real, d_fake = torch.autograd.grad(out, (real, fake), upstream)
+    assert_close(d_real, a.view(6, 1, 1) * upstream, name="d real")
+    assert_close(d_fake, (1 - a).view(6, 1, 1) * upstream, name="d fake")
+
+
+def test_seeded_interpolate_gradcheck_float64():
+    real = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
+    fake = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda r, f: ops.interpolate(r, f, seed=7), (real, fake))
+    assert torch.autograd.gradgradcheck(lambda r, f: ops.interpolate(r, f, seed=7) ** 2, (real, fake))
+
+
+@pytest.mark.parametrize("impl", impls())
+def test_gradient_penalty_with_seed_equals_given_alpha(impl):
+    D = make_critic().float()
+    real, fake = torch.randn(4, 3, 8, 8), torch.randn(4, 3, 8, 8)
+    alpha = ops.draw_alpha(4, real.device, seed=99)
+    got = gp.gradient_penalty(D, real, fake, kind="wgan-gp", seed=99, impl=impl)
+    expected = textbook_penalty(D, real, fake, "wgan-gp", 10.0, alpha)
+    assert_close(got, expected, rtol=2e-4, atol=1e-5, name="penalty")
+    for a, b in zip(param_grads(D, got), param_grads(D, expected)):
+        assert_close(a, b, rtol=2e-4, atol=1e-5, name="D parameter gradient")
+    total, parts = gp.discriminator_objective(D, real, fake, loss="wgan", penalty="wgan-gp", seed=99, impl=impl)
+    assert_close(parts["penalty"], expected.detach(), rtol=2e-4, atol=1e-5, name="objective's penalty")
+
+
 def test_gradcheck_and_gradgradcheck_float64():
     g = torch.randn(3, 2, 4, dtype=torch.float64, requires_grad=True)
     for kind in ops.PENALTY_KINDS:
@@ -214,6 +287,7 @@ def test_opcheck(impl):
     x, y = torch.randn(3, 2, 5), torch.randn(3, 2, 5)
     alpha = torch.rand(3)
     torch.library.opcheck(ops._interpolate_op, (x, y, alpha, impl))
+    torch.library.opcheck(ops._interpolate_seeded_op, (x, y, torch.tensor([3, 1], dtype=torch.int64), impl))
     torch.library.opcheck(ops._sum_of_squares_op, (x.clone().requires_grad_(True), impl))
     torch.library.opcheck(ops._scale_op, (x, alpha, impl))
 
@@ -255,6 +329,12 @@ def bad_D(x):
     (lambda: ops.interpolate(torch.randn(2, 3), torch.randn(2, 3), torch.tensor([0.5, 1.5])), ValueError, r"\[0, 1\]"),
     (lambda: ops.interpolate(torch.randn(2, 3), torch.randn(2, 3), torch.rand(3)), ValueError, "one weight per sample"),
     (lambda: ops.interpolate(torch.randn(2, 3), torch.randn(2, 3), [0.5, 0.5]), TypeError, "alpha"),
+    (lambda: ops.interpolate(torch.randn(2, 3), torch.randn(2, 3), torch.rand(2), seed=1), ValueError, "at most one"),
+    (lambda: ops.interpolate(torch.randn(2, 3), torch.randn(2, 3), seed=1, generator=torch.Generator()), ValueError, "at most one"),
+    (lambda: ops.interpolate(torch.randn(2, 3), torch.randn(2, 3), seed=-1), ValueError, "seed"),
+    (lambda: ops.interpolate(torch.randn(2, 3), torch.randn(2, 3), seed=1.5), TypeError, "seed"),
+    (lambda: ops.interpolate(torch.randn(2, 3), torch.randn(2, 3), seed=torch.tensor([1, 2, 3])), ValueError, "seed"),
+    (lambda: ops.draw_alpha(2, torch.device("cpu"), torch.Generator(), seed=1), ValueError, "generator"),
     (lambda: gp.discriminator_objective(make_critic(), torch.randn(2, 3, 8, 8), torch.randn(2, 3, 8, 8), penalty="r1", gain=-1), ValueError, "gain"),
 ])
 def test_bad_input(call, error, match):

@@ -62,9 +62,9 @@ def _per_sample_output(out: object, batch: int, name: str = "D") -> torch.Tensor
     return out
 
 
-def _penalised_points(kind: str, real, fake, alpha, generator, impl):
+def _penalised_points(kind: str, real, fake, alpha, generator, seed, impl):
     if kind in ("wgan-gp", "wgan-gp-one-sided"):
-        return gp_ops.interpolate(real.detach(), fake.detach(), alpha, generator=generator, impl=impl)
+        return gp_ops.interpolate(real.detach(), fake.detach(), alpha, generator=generator, seed=seed, impl=impl)
     return (real if kind == "r1" else fake).detach()
 
 
@@ -77,7 +77,8 @@ def _penalty(kind: str, weight: float, out: torch.Tensor, points: torch.Tensor, 
 
 def gradient_penalty(D, real: torch.Tensor, fake: torch.Tensor | None = None, kind: str = "wgan-gp",
                      weight: float = 10.0, alpha: torch.Tensor | None = None, *,
-                     generator: torch.Generator | None = None, impl: str = "auto") -> torch.Tensor:
+                     generator: torch.Generator | None = None, seed: int | torch.Tensor | None = None,
+                     impl: str = "auto") -> torch.Tensor:
     """The weighted gradient penalty of discriminator ``D``, a float32 scalar with a graph to D's parameters.
 
     kind:
@@ -92,11 +93,13 @@ def gradient_penalty(D, real: torch.Tensor, fake: torch.Tensor | None = None, ki
         real, fake: (B, ...) samples of one shape, dtype and device (fake may be None for "r1").
             Both are detached: the penalty's gradient goes to D only.
         alpha: per-sample interpolation weights (B,) in [0, 1] for the WGAN-GP kinds; None draws
-            them with ``torch.rand`` from ``generator``.
+            them: inside the interpolation kernel from ``seed`` (an int or an int64 Philox state
+            [seed, offset]; see :func:`fastgen.ops.interpolate`) when a seed is given, else with
+            ``torch.rand`` from ``generator``. At most one of alpha, generator and seed.
         impl: implementation of the fused ops ("auto", "triton", "reference").
     """
     kind, weight, real, fake = _check_inputs(D, real, fake, kind, weight)
-    points = _penalised_points(kind, real, fake, alpha, generator, impl).requires_grad_(True)
+    points = _penalised_points(kind, real, fake, alpha, generator, seed, impl).requires_grad_(True)
     out = _per_sample_output(D(points), points.shape[0])
     return _penalty(kind, weight, out, points, impl)
 
@@ -118,7 +121,7 @@ def _real_fake_outputs(D, real: torch.Tensor, fake: torch.Tensor) -> tuple[torch
 def discriminator_objective(D, real: torch.Tensor, fake: torch.Tensor, *, loss: str = "ns",
                             penalty: str | None = None, weight: float = 10.0, gain: float = 1.0,
                             alpha: torch.Tensor | None = None, generator: torch.Generator | None = None,
-                            impl: str = "auto") -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+                            seed: int | torch.Tensor | None = None, impl: str = "auto") -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The discriminator's loss plus its penalty, with D run once over the joined batch.
 
     Returns ``(total, parts)``: total = discriminator_loss(D(real), D(fake), loss) + gain * penalty,
@@ -139,7 +142,7 @@ def discriminator_objective(D, real: torch.Tensor, fake: torch.Tensor, *, loss: 
     if not isinstance(gain, (int, float)) or isinstance(gain, bool) or gain < 0:
         raise ValueError(f"gain must be a number >= 0, got {gain!r}")
     batch = real.shape[0]
-    points = _penalised_points(kind, real, fake, alpha, generator, impl).requires_grad_(True)
+    points = _penalised_points(kind, real, fake, alpha, generator, seed, impl).requires_grad_(True)
     penalised = _per_sample_output(D(points), batch)
     if kind == "r1":
         real_out, fake_out = penalised, _per_sample_output(D(fake.detach()), batch)

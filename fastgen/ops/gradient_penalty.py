@@ -1,6 +1,7 @@
 """The fused pieces of a gradient penalty (Gulrajani et al. 2017; Mescheder et al. 2018).
 
-* :func:`interpolate` — x_hat = alpha_b * real + (1 - alpha_b) * fake, one pass, per-sample alpha.
+* :func:`interpolate` — x_hat = alpha_b * real + (1 - alpha_b) * fake, one pass, per-sample alpha
+  given, drawn with ``torch.rand``, or drawn inside the kernel from a Philox seed.
 * :func:`grad_sum_of_squares` — n_b = sum_i g_{b,i}^2 over all non-batch dimensions, one pass,
   float32 accumulation; backward dn/dg = 2 g, one pass.
 * :func:`penalty_from_grad` — the penalty from the gradient: weight * mean_b (sqrt(n_b) - 1)^2
@@ -19,7 +20,7 @@ import math
 
 import torch
 
-from .. import _impl, _layout, _validate
+from .. import _impl, _layout, _rng, _validate
 
 IMPLS = ("triton", "reference")
 PENALTY_KINDS = ("wgan-gp", "wgan-gp-one-sided", "r1", "r2")
@@ -30,10 +31,13 @@ def _flat_per_sample(x: torch.Tensor) -> torch.Tensor:
 
 
 def interpolate_ref(real: torch.Tensor, fake: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
-    """alpha_b * real + (1 - alpha_b) * fake in float32 (float64 kept), real's dtype out. alpha: (B,)."""
+    """alpha_b * real + (1 - alpha_b) * fake in float32 (float64 kept), real's dtype out. alpha: (B,).
+
+    torch.lerp(fake, real, alpha) is the same number in one pass without temporaries (exact at
+    alpha 0 and 1), which is what makes this reference as fast as eager on a CPU.
+    """
     acc = torch.promote_types(real.dtype, torch.float32)
-    a = _layout.per_sample(alpha.to(acc), real)
-    return (a * real.to(acc) + (1.0 - a) * fake.to(acc)).to(real.dtype)
+    return torch.lerp(fake.to(acc), real.to(acc), _layout.per_sample(alpha.to(acc), real)).to(real.dtype)
 
 
 def grad_sum_of_squares_ref(grad: torch.Tensor) -> torch.Tensor:
@@ -120,6 +124,42 @@ def _interpolate_backward(ctx, upstream):
 _interpolate_op.register_autograd(_interpolate_backward, setup_context=_interpolate_setup)
 
 
+# Alpha drawn inside the kernel from a Philox state: the op returns the alphas it drew (float32
+# (B,)) beside x_hat, so the backward scales by exactly those and a caller can inspect them.
+
+@torch.library.custom_op("fastgen::gp_interpolate_seeded", mutates_args=())
+def _interpolate_seeded_op(real: torch.Tensor, fake: torch.Tensor, rng: torch.Tensor,
+                           impl: str) -> tuple[torch.Tensor, torch.Tensor]:
+    if impl == "reference" or real.numel() == 0:
+        alpha = _rng.philox_uniform_ref(rng, real.shape[0])
+        return interpolate_ref(real, fake, alpha), alpha
+    from fastgen.kernels import gradient_penalty as kernel
+
+    out = _layout.new_output(real)
+    alpha = _layout.new_output(real.new_empty(real.shape[0], dtype=torch.float32))
+    kernel.interpolate(real, fake, alpha, out, rng=rng)
+    return out, alpha
+
+
+@_interpolate_seeded_op.register_fake
+def _(real, fake, rng, impl):
+    return torch.empty_like(real), real.new_empty(real.shape[0], dtype=torch.float32)
+
+
+def _interpolate_seeded_setup(ctx, inputs, output):
+    ctx.save_for_backward(output[1])
+    ctx.impl = inputs[3]
+    ctx.mark_non_differentiable(output[1])
+
+
+def _interpolate_seeded_backward(ctx, upstream, _grad_alpha):
+    d_real, d_fake, _, _ = _interpolate_backward(ctx, upstream)
+    return d_real, d_fake, None, None
+
+
+_interpolate_seeded_op.register_autograd(_interpolate_seeded_backward, setup_context=_interpolate_seeded_setup)
+
+
 def _check_alpha(alpha: object, batch: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     """alpha as a contiguous (B,) tensor: float32 for the kernels, float64 kept for float64 samples."""
     if not isinstance(alpha, torch.Tensor):
@@ -138,34 +178,61 @@ def _check_alpha(alpha: object, batch: int, device: torch.device, dtype: torch.d
     return alpha.reshape(batch).to(torch.promote_types(dtype, torch.float32)).contiguous()
 
 
-def draw_alpha(batch: int, device: torch.device, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Per-sample alpha ~ U[0, 1): float32 (B,), drawn with ``torch.rand`` (from ``generator`` if given)
-    exactly as the textbook WGAN-GP draws it, so both see the same interpolates."""
-    return torch.rand(batch, device=device, generator=generator)
+def draw_alpha(batch: int, device: torch.device, generator: torch.Generator | None = None, *,
+               seed: int | torch.Tensor | None = None) -> torch.Tensor:
+    """Per-sample alpha ~ U[0, 1): float32 (B,).
+
+    Without ``seed``: ``torch.rand`` (from ``generator`` if given), exactly as the textbook WGAN-GP
+    draws it, so both see the same interpolates. With ``seed`` (an int, or an int64 Philox state
+    [seed, offset] on ``device``): the uniforms :func:`interpolate` draws inside its kernel for that
+    seed, alpha_b at stream position offset + b (:func:`fastgen._rng.philox_uniform_ref`).
+    """
+    if seed is None:
+        return torch.rand(batch, device=device, generator=generator)
+    if generator is not None:
+        raise ValueError("generator must be None when seed is given: alpha comes from exactly one source")
+    return _rng.philox_uniform_ref(_validate.check_seed("seed", seed, device), batch)
 
 
 def interpolate(real: torch.Tensor, fake: torch.Tensor, alpha: torch.Tensor | None = None, *,
-                generator: torch.Generator | None = None, impl: str = "auto") -> torch.Tensor:
+                generator: torch.Generator | None = None, seed: int | torch.Tensor | None = None,
+                impl: str = "auto") -> torch.Tensor:
     """x_hat = alpha_b * real + (1 - alpha_b) * fake, per sample, in one pass.
 
     Args:
         real, fake: (B, ...) float32 / float16 / bfloat16 / float64 of one shape, dtype and device;
             NCHW, channels_last or any dense batch-major layout (the output keeps real's).
         alpha: per-sample weights of real in [0, 1], shape (B,) or (B, 1, ..., 1); None draws
-            U[0, 1) with ``torch.rand`` from ``generator`` (see :func:`draw_alpha`).
+            them: from ``seed`` inside the kernel when a seed is given, else with ``torch.rand``
+            from ``generator`` (see :func:`draw_alpha`).
+        generator: the ``torch.Generator`` of the ``torch.rand`` draw.
+        seed: Philox seed of an in-kernel draw: an int, or an int64 state tensor [seed, offset] on
+            real's device (advance its offset by B between calls, on the device, for fresh alphas).
+            alpha_b is the uniform at stream position offset + b, the same numbers
+            ``draw_alpha(B, device, seed=seed)`` returns. A seed saves the separate ``torch.rand``
+            launch on a GPU; on a CPU the reference draws it with slow integer tensor ops.
         impl: "auto", "triton" or "reference".
 
-    Differentiable in real and fake (alpha is a constant). Returns (B, ...) in real's dtype.
+    At most one of alpha, generator and seed is given. Differentiable in real and fake (alpha is a
+    constant). Returns (B, ...) in real's dtype.
     """
     real = _validate.check_floating("real", real)
     fake = _validate.check_like("fake", fake, "real", real)
     if fake.dtype != real.dtype:
         raise TypeError(f"fake must have real's dtype {real.dtype}, got {fake.dtype}")
-    alpha = draw_alpha(real.shape[0], real.device, generator) if alpha is None else alpha
-    alpha = _check_alpha(alpha, real.shape[0], real.device, real.dtype)
+    if sum(a is not None for a in (alpha, generator, seed)) > 1:
+        raise ValueError("give at most one of alpha, generator and seed: alpha comes from exactly one source")
+    rng = _validate.check_seed("seed", seed, real.device)
+    if rng is None:
+        alpha = _check_alpha(draw_alpha(real.shape[0], real.device, generator) if alpha is None else alpha,
+                             real.shape[0], real.device, real.dtype)
     real = _layout.batch_major(real)
     fake = _layout.match_layout(fake, real)
     chosen = _impl.resolve("gp_interpolate", impl, real.device, IMPLS, real.dtype)
+    if rng is not None:
+        return _interpolate_seeded_op(real, fake, rng, chosen)[0]
+    if chosen == "reference":  # plain torch: autograd differentiates it to any order, no custom-op overhead
+        return interpolate_ref(real, fake, alpha)
     return _interpolate_op(real, fake, alpha, chosen)
 
 
