@@ -287,27 +287,40 @@ def _bwd_dq_kernel(
              _cast(dq * scale, dq_ptr.dtype.element_ty, INTERPRET_BF16), mask=mask_md)
 
 
-def block_sizes(head_dim: int) -> tuple[int, int]:
-    """(BLOCK_M, BLOCK_N) for a head dim: the Q tile and the K/V tile held in registers/shared memory.
+# (BLOCK_M, BLOCK_N, num_warps) per input element size, for head dims up to the bound, forward
+# and backward. Chosen by compiling the candidates (16..128 x 16..64 tiles, 4 or 8 warps) for
+# sm_90 and sm_80 without a GPU (benchmarks/triton_compile_report.py does it for every launch):
+# each entry is the largest tile whose kernels all fit the SM's shared memory (sm_80: 163 KiB)
+# and spill no registers on either architecture. The earlier dtype-blind (128, 64) / (128, 32) /
+# (64, 32) tiles spilled kilobytes per thread in float32 (its exact "ieee" dot runs on CUDA cores
+# and holds its operands in registers), overflowed shared memory at D = 256 in float32, and
+# spilled in the 16-bit dK/dV kernel at D = 64 and 128. Free of spills is not tuned: the fastest
+# tile is for a GPU benchmark to find (benchmarks/bench_attention.py).
+# The backward's dK/dV kernel keeps a K/V tile resident and streams Q / dO tiles past it, so it
+# takes (BLOCK_N, BLOCK_M) of its entry: the roles swap, as in FlashAttention-2.
+_TILES = {
+    2: {  # float16 / bfloat16: tensor-core MMAs, float32 accumulators
+        "forward": ((64, (128, 64, 4)), (128, (128, 32, 8)), (256, (64, 32, 8))),
+        "backward": ((64, (128, 64, 8)), (128, (64, 32, 8)), (256, (32, 32, 8))),
+    },
+    4: {  # float32 ("ieee" FMA dots, or TF32 where torch allows it)
+        "forward": ((128, (64, 32, 8)), (256, (16, 16, 8))),
+        "backward": ((32, (64, 32, 8)), (64, (32, 32, 8)), (128, (32, 16, 8)), (256, (16, 16, 8))),
+    },
+}
 
-    The tiles shrink as D grows so that the Q tile, one K and one V tile and the float32 (BLOCK_M, D)
-    accumulator of a program stay within registers and shared memory. The backward's dK/dV kernel
-    keeps (BLOCK_M, D) K and V tiles and two float32 accumulators of that size resident: the
-    heaviest program, to check first for spills at D = 256. Untuned starting points in the range
-    the FlashAttention-2 Triton tutorial autotunes over; no GPU has measured them yet.
-    """
+
+def tile_config(head_dim: int, dtype: torch.dtype, backward: bool = False) -> tuple[int, int, int]:
+    """(BLOCK_M, BLOCK_N, num_warps) of the forward (or the backward's dQ pass) for a head dim and dtype."""
     if head_dim % 8 != 0 or not 0 < head_dim <= MAX_HEAD_DIM:
         raise ValueError(f"head_dim must be a multiple of 8 up to {MAX_HEAD_DIM}, got {head_dim}")
-    if head_dim <= 64:
-        return 128, 64
-    if head_dim <= 128:
-        return 128, 32
-    return 64, 32
+    table = _TILES[4 if dtype == torch.float32 else 2]["backward" if backward else "forward"]
+    return next(config for bound, config in table if head_dim <= bound)
 
 
-def _tiles(head_dim: int, blocks: tuple[int, int] | None) -> tuple[int, int]:
-    default = block_sizes(head_dim)  # validates head_dim even where the caller picks the tiles
-    return default if blocks is None else blocks
+def _config(head_dim: int, dtype: torch.dtype, backward: bool, blocks: tuple[int, int] | None) -> tuple[int, int, int]:
+    block_m, block_n, warps = tile_config(head_dim, dtype, backward)  # validates head_dim in any case
+    return (block_m, block_n, warps) if blocks is None else (*blocks, warps)
 
 
 def _padded_dim(head_dim: int) -> int:
@@ -323,27 +336,23 @@ def _interpret_bf16(dtype: torch.dtype) -> bool:
     return dtype == torch.bfloat16 and os.environ.get("TRITON_INTERPRET") == "1"
 
 
-def _warps(head_dim: int) -> int:
-    return 4 if head_dim <= 64 else 8
-
-
 def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, out: torch.Tensor, lse: torch.Tensor,
             blocks: tuple[int, int] | None = None) -> None:
     """Write attention into ``out`` (q's shape and dtype) and the float32 (B, H, Lq) contiguous ``lse``.
 
     q (B, H, Lq, D), k and v (B, H, Lk, D), one dtype, any strides; D a multiple of 8 up to 256.
-    ``blocks`` overrides (BLOCK_M, BLOCK_N) of :func:`block_sizes` (tests use small ones to cover
+    ``blocks`` overrides (BLOCK_M, BLOCK_N) of :func:`tile_config` (tests use small ones to cover
     several ragged blocks on short sequences).
     """
     batch, heads, seq_q, head_dim = q.shape
-    block_m, block_n = _tiles(head_dim, blocks)
+    block_m, block_n, warps = _config(head_dim, q.dtype, False, blocks)
     grid = (triton.cdiv(seq_q, block_m), batch * heads)
     _fwd_kernel[grid](
         q, k, v, out, lse, *q.stride(), *k.stride(), *v.stride(), *out.stride(),
         heads, seq_q, k.shape[2], head_dim, scale * LOG2E,
         DOT_PRECISION=_dot_precision(q.dtype), INTERPRET_BF16=_interpret_bf16(q.dtype),
         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=_padded_dim(head_dim),
-        num_warps=_warps(head_dim),
+        num_warps=warps,
     )
 
 
@@ -356,17 +365,16 @@ def backward(grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.
     """
     batch, heads, seq_q, head_dim = q.shape
     seq_k = k.shape[2]
-    block_m, block_n = _tiles(head_dim, blocks)
+    block_m, block_n, warps = _config(head_dim, q.dtype, True, blocks)
     block_d = _padded_dim(head_dim)
     precision, interpret_bf16 = _dot_precision(q.dtype), _interpret_bf16(q.dtype)
-    warps = _warps(head_dim)
     delta = torch.empty_like(lse)
     _bwd_delta_kernel[(triton.cdiv(seq_q, block_m), batch * heads)](
         out, grad_out, delta, *out.stride(), *grad_out.stride(), heads, seq_q, head_dim,
         BLOCK_M=block_m, BLOCK_D=block_d, num_warps=warps,
     )
     # The dK/dV pass keeps a K/V tile and two float32 accumulators of its size resident and streams
-    # Q / dO tiles past them, so its resident tile takes block_sizes' BLOCK_M rows and the streamed
+    # Q / dO tiles past them, so its resident tile takes tile_config's BLOCK_M rows and the streamed
     # one BLOCK_N: the roles of M and N swap, as in FlashAttention-2.
     _bwd_dkdv_kernel[(triton.cdiv(seq_k, block_m), batch * heads)](
         q, k, v, grad_out, lse, delta, dk, dv,

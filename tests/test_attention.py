@@ -252,7 +252,7 @@ def test_auto_falls_back_for_head_dims_the_kernels_cannot_take(monkeypatch, capl
 def test_head_dim_limit_agrees_with_the_kernels():
     assert MAX_HEAD_DIM == kernel.MAX_HEAD_DIM
     with pytest.raises(ValueError, match="multiple of 8"):
-        kernel.block_sizes(kernel.MAX_HEAD_DIM + 8)
+        kernel.tile_config(kernel.MAX_HEAD_DIM + 8, torch.float16)
 
 
 def test_bad_input():
