@@ -85,9 +85,118 @@ void sampling_step(const at::Tensor& sample, const at::Tensor& model_output, con
                "sampling_step");
 }
 
+// --- GroupNorm, channels_last --------------------------------------------------------------------
+
+// A 4-D CUDA tensor whose storage is NHWC (channels_last), shaped and typed like x.
+void check_nhwc(const at::Tensor& t, const char* name, const at::Tensor& x) {
+  TORCH_CHECK(t.is_cuda(), name, " must be a CUDA tensor, got one on ", t.device());
+  TORCH_CHECK(t.device() == x.device(), name, " must be on x's device ", x.device(), ", got ", t.device());
+  TORCH_CHECK(t.dim() == 4, name, " must be 4-D (B, C, H, W), got ", t.dim(), " dimensions");
+  TORCH_CHECK(t.sizes() == x.sizes(), name, " must have x's shape ", x.sizes(), ", got ", t.sizes());
+  TORCH_CHECK(t.scalar_type() == x.scalar_type(), name, " must have x's dtype ", x.scalar_type(), ", got ", t.scalar_type());
+  TORCH_CHECK(t.is_contiguous(at::MemoryFormat::ChannelsLast), name,
+              " must be channels_last (NHWC storage: t.is_contiguous(memory_format=torch.channels_last)), got strides ",
+              t.strides());
+}
+
+// None, or a contiguous tensor of the given shape with x's dtype on x's device; its pointer or null.
+const void* optional_operand(const c10::optional<at::Tensor>& t, const char* name, at::IntArrayRef shape, const at::Tensor& x) {
+  if (!t.has_value()) return nullptr;
+  TORCH_CHECK(t->device() == x.device(), name, " must be on x's device ", x.device(), ", got ", t->device());
+  TORCH_CHECK(t->sizes() == shape, name, " must have shape ", shape, ", got ", t->sizes());
+  TORCH_CHECK(t->scalar_type() == x.scalar_type(), name, " must have x's dtype ", x.scalar_type(), ", got ", t->scalar_type());
+  TORCH_CHECK(t->is_contiguous(), name, " must be contiguous");
+  return t->data_ptr();
+}
+
+// A contiguous float32 tensor of the given shape on x's device (statistics and per-channel sums).
+float* float32_operand(const at::Tensor& t, const char* name, at::IntArrayRef shape, const at::Tensor& x) {
+  TORCH_CHECK(t.device() == x.device(), name, " must be on x's device ", x.device(), ", got ", t.device());
+  TORCH_CHECK(t.scalar_type() == at::kFloat, name, " must be float32, got ", t.scalar_type());
+  TORCH_CHECK(t.sizes() == shape, name, " must have shape ", shape, ", got ", t.sizes());
+  TORCH_CHECK(t.is_contiguous(), name, " must be contiguous");
+  return t.data_ptr<float>();
+}
+
+void check_groups(const at::Tensor& x, int64_t num_groups) {
+  TORCH_CHECK(num_groups > 0 && x.size(1) % num_groups == 0, "num_groups must be a positive divisor of the channel count ",
+              x.size(1), ", got ", num_groups);
+  TORCH_CHECK(x.size(0) > 0 && x.size(1) > 0 && x.size(2) * x.size(3) > 0,
+              "x must have a sample, a channel and a spatial position, got shape ", x.sizes());
+}
+
+// y = silu?((GroupNorm(x + emb) * weight + bias) * (1 + scale) + shift) with the group mean and
+// rstd (float32 (B, G)) for the backward. x, out: channels_last (B, C, H, W); weight, bias (C,)
+// and emb, scale, shift (B, C) contiguous in x's dtype, or None.
+void group_norm_forward(const at::Tensor& x, const c10::optional<at::Tensor>& weight, const c10::optional<at::Tensor>& bias,
+                        const c10::optional<at::Tensor>& emb, const c10::optional<at::Tensor>& scale,
+                        const c10::optional<at::Tensor>& shift, int64_t num_groups, double eps, bool silu, at::Tensor& out,
+                        at::Tensor& mean, at::Tensor& rstd) {
+  check_nhwc(x, "x", x);
+  check_nhwc(out, "out", x);
+  check_groups(x, num_groups);
+  const int64_t B = x.size(0), C = x.size(1), S = x.size(2) * x.size(3);
+  const c10::cuda::CUDAGuard guard(x.device());
+  const void* w = optional_operand(weight, "weight", {C}, x);
+  const void* b = optional_operand(bias, "bias", {C}, x);
+  const void* e = optional_operand(emb, "emb", {B, C}, x);
+  const void* sc = optional_operand(scale, "scale", {B, C}, x);
+  const void* sh = optional_operand(shift, "shift", {B, C}, x);
+  float* m = float32_operand(mean, "mean", {B, num_groups}, x);
+  float* r = float32_operand(rstd, "rstd", {B, num_groups}, x);
+  const auto stream = c10::cuda::getCurrentCUDAStream();
+  size_t bytes = 0;
+  check_status(fastgen::group_norm_forward_cuda(dtype_code(x), x.data_ptr(), w, b, e, sc, sh, out.data_ptr(), m, r, B, S,
+                                                C, num_groups, static_cast<float>(eps), silu, nullptr, &bytes, stream),
+               "group_norm_forward");
+  at::Tensor workspace = at::empty({static_cast<int64_t>(bytes)}, x.options().dtype(at::kByte));
+  check_status(fastgen::group_norm_forward_cuda(dtype_code(x), x.data_ptr(), w, b, e, sc, sh, out.data_ptr(), m, r, B, S,
+                                                C, num_groups, static_cast<float>(eps), silu, workspace.data_ptr(), &bytes,
+                                                stream),
+               "group_norm_forward");
+}
+
+// dx (channels_last like x) and the float32 (B, C) sums sum_s dz, sum_s dz * n and d_emb =
+// sum_s dL/dh, from dy (channels_last like x) and the forward's operands and statistics.
+void group_norm_backward(const at::Tensor& dy, const at::Tensor& x, const c10::optional<at::Tensor>& weight,
+                         const c10::optional<at::Tensor>& bias, const c10::optional<at::Tensor>& emb,
+                         const c10::optional<at::Tensor>& scale, const c10::optional<at::Tensor>& shift,
+                         const at::Tensor& mean, const at::Tensor& rstd, int64_t num_groups, bool silu, at::Tensor& dx,
+                         at::Tensor& sum_dz, at::Tensor& sum_dz_n, at::Tensor& d_emb) {
+  check_nhwc(x, "x", x);
+  check_nhwc(dy, "dy", x);
+  check_nhwc(dx, "dx", x);
+  check_groups(x, num_groups);
+  const int64_t B = x.size(0), C = x.size(1), S = x.size(2) * x.size(3);
+  const c10::cuda::CUDAGuard guard(x.device());
+  const void* w = optional_operand(weight, "weight", {C}, x);
+  const void* b = optional_operand(bias, "bias", {C}, x);
+  const void* e = optional_operand(emb, "emb", {B, C}, x);
+  const void* sc = optional_operand(scale, "scale", {B, C}, x);
+  const void* sh = optional_operand(shift, "shift", {B, C}, x);
+  const float* m = float32_operand(mean, "mean", {B, num_groups}, x);
+  const float* r = float32_operand(rstd, "rstd", {B, num_groups}, x);
+  float* s_dz = float32_operand(sum_dz, "sum_dz", {B, C}, x);
+  float* s_dzn = float32_operand(sum_dz_n, "sum_dz_n", {B, C}, x);
+  float* s_emb = float32_operand(d_emb, "d_emb", {B, C}, x);
+  const auto stream = c10::cuda::getCurrentCUDAStream();
+  size_t bytes = 0;
+  check_status(fastgen::group_norm_backward_cuda(dtype_code(x), dy.data_ptr(), x.data_ptr(), w, b, e, sc, sh, m, r,
+                                                 dx.data_ptr(), s_dz, s_dzn, s_emb, B, S, C, num_groups, silu, nullptr,
+                                                 &bytes, stream),
+               "group_norm_backward");
+  at::Tensor workspace = at::empty({static_cast<int64_t>(bytes)}, x.options().dtype(at::kByte));
+  check_status(fastgen::group_norm_backward_cuda(dtype_code(x), dy.data_ptr(), x.data_ptr(), w, b, e, sc, sh, m, r,
+                                                 dx.data_ptr(), s_dz, s_dzn, s_emb, B, S, C, num_groups, silu,
+                                                 workspace.data_ptr(), &bytes, stream),
+               "group_norm_backward");
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("add_noise", &add_noise, "DDPM forward noising (see fastgen.ops.add_noise)");
   m.def("sampling_step", &sampling_step, "one fused reverse-diffusion step (see fastgen.ops.sampling_step)");
+  m.def("group_norm_forward", &group_norm_forward, "GroupNorm forward on channels_last x (see fastgen.ops.group_norm)");
+  m.def("group_norm_backward", &group_norm_backward, "GroupNorm backward on channels_last x (see fastgen.ops.group_norm)");
 }

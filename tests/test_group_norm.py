@@ -183,14 +183,14 @@ def test_second_order_matches_reference(impl, channels_last):
 def test_opcheck(impl):
     x, opts = make_inputs((2, 4, 3, 3), False, torch.float32)
     x.requires_grad_(True)
-    args = (x, opts["weight"], opts["bias"], opts["emb"], opts["scale"], opts["shift"], 2, 1e-5, True)
+    args = (x, opts["weight"], opts["bias"], opts["emb"], opts["scale"], opts["shift"], 2, 1e-5, True, impl)
     torch.library.opcheck(_group_norm_op, args)
     out, mean, rstd = _group_norm_op(x.detach(), *args[1:])
     bwd_args = (torch.randn_like(out), x.detach(), opts["weight"], opts["bias"], opts["emb"], opts["scale"],
-                opts["shift"], mean, rstd, 2, True)
+                opts["shift"], mean, rstd, 2, True, impl)
     torch.library.opcheck(_group_norm_backward_op, bwd_args)
     cl = x.detach().to(memory_format=torch.channels_last)
-    torch.library.opcheck(_group_norm_op, (cl, None, None, None, None, None, 2, 1e-5, False),
+    torch.library.opcheck(_group_norm_op, (cl, None, None, None, None, None, 2, 1e-5, False, impl),
                           test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_static"))
 
 
@@ -277,8 +277,395 @@ def _bad(**overrides):
     (_bad(eps=-1.0), ValueError, "eps must be a finite number >= 0"),
     (_bad(eps=float("nan")), ValueError, "eps must be a finite number >= 0"),
     (_bad(impl="fast"), ValueError, "impl must be 'auto' or one of"),
-    (_bad(impl="cuda"), fastgen.ImplUnavailableError, "no 'cuda' implementation"),
+    (_bad(impl="cuda"), fastgen.ImplUnavailableError, r"impl='cuda' takes a 4-D channels_last x \(NHWC storage\)"),
+    (_bad(x=torch.randn(2, 6, 3, 3).to(memory_format=torch.channels_last), impl="cuda"), fastgen.ImplUnavailableError,
+     "the CUDA extension runs on CUDA tensors, got a cpu tensor"),
 ])
 def test_bad_input(call, error, match):
     with pytest.raises(error, match=match):
         call()
+
+
+# --- impl="cuda": csrc/group_norm.cu, 4-D channels_last x only -----------------------------------------
+
+def _cuda_kernel_reason():
+    if not torch.cuda.is_available():
+        return "no CUDA device"
+    return _impl.unavailable_reason("cuda", torch.device("cuda"))
+
+
+needs_cuda_kernel = pytest.mark.skipif(_cuda_kernel_reason() is not None,
+                                       reason=f"impl='cuda' cannot run here: {_cuda_kernel_reason()}")
+
+# (shape, num_groups): each names the kernel path it stresses (V = channels per vector load).
+CUDA_CASES = [
+    pytest.param((1, 2, 1, 1), 1, id="minimal-B1-HW1"),
+    pytest.param((4, 64, 1, 1), 32, id="HW1-32groups"),
+    pytest.param((2, 6, 5, 7), 2, id="Cg3-odd-spatial"),  # C = 6: V = 2
+    pytest.param((2, 96, 5, 7), 32, id="C=3G"),  # Cg = 3: 16-byte vectors straddle groups
+    pytest.param((3, 15, 4, 3), 5, id="odd-C"),  # V = 1
+    pytest.param((3, 40, 7, 9), 8, id="Cg5"),  # groups of 5 inside 8-channel vectors
+    pytest.param((2, 128, 16, 16), 32, id="unet"),
+    pytest.param((1, 32, 64, 64), 1, id="B1-large-HW"),  # one group of 131072: many chunks
+    pytest.param((2, 1536, 2, 3), 32, id="C1536-tiles-of-whole-groups"),  # C > 1024: 2 tiles of 16 groups
+    pytest.param((2, 2048, 3, 5), 4, id="C2048-Cg512"),  # 2 groups per 1024-channel tile
+    pytest.param((1, 2560, 3, 3), 1, id="Cg2560-split-over-tiles"),  # one group over 3 tiles
+    pytest.param((2, 1030, 3, 3), 2, id="Cg515-groups-straddle-tiles"),  # tile 0 holds group 0 and part of 1
+]
+
+
+def reference64(x, opts, num_groups, activation, dy, wrt=INPUTS):
+    """The float64 reference on the same (rounded) inputs."""
+    opts64 = {k: None if v is None else v.double() for k, v in opts.items()}
+    return run(group_norm_ref, x.double(), opts64, num_groups, activation, dy.double(), wrt)
+
+
+def yardstick(x, opts, num_groups, activation, dy, wrt=INPUTS):
+    """torch in x's dtype (float32: the reference's own float32 math): the error to compare with."""
+    if x.dtype == torch.float32:
+        return run(group_norm_ref, x, opts, num_groups, activation, dy, wrt)
+    return run(torch_same_dtype, x, opts, num_groups, activation, dy, wrt)
+
+
+def check64(got, want64, yard, dtype, name):
+    """error(kernel, float64) <= 2 * error(torch in dtype, float64) + atol * magnitude."""
+    assert got.dtype == dtype, f"{name}: dtype {got.dtype} != {dtype}"
+    assert torch.isfinite(got).all(), f"{name}: non-finite values (an unwritten, poisoned element?)"
+    scale = max(1.0, want64.abs().max().item())
+    err = (got.double() - want64).abs().max().item()
+    bound = 2 * (yard.double() - want64).abs().max().item() + TOLERANCE[dtype][0] * scale
+    assert err <= bound, f"{name}: max error {err:.3g} > 2 * torch {dtype} error + atol = {bound:.3g}"
+
+
+def cuda_group_norm(*args, **kwargs):
+    return group_norm(*args, **kwargs, impl="cuda")
+
+
+@needs_cuda_kernel
+@pytest.mark.parametrize("dtype", KERNEL_DTYPES, ids=lambda d: str(d).replace("torch.", ""))
+@pytest.mark.parametrize("shape,num_groups", CUDA_CASES)
+def test_cuda_matches_float64_reference_all_gradients(dtype, shape, num_groups):
+    x, opts = make_inputs(shape, True, dtype)
+    dy = torch.randn(shape, device="cuda").to(dtype).contiguous(memory_format=torch.channels_last)
+    out, grads = run(cuda_group_norm, x, opts, num_groups, "silu", dy, INPUTS)
+    assert out.stride() == x.stride() and out.is_contiguous(memory_format=torch.channels_last)
+    assert grads["x"].is_contiguous(memory_format=torch.channels_last), "grad x keeps channels_last"
+    want, want_grads = reference64(x, opts, num_groups, "silu", dy)
+    yard, yard_grads = yardstick(x, opts, num_groups, "silu", dy)
+    check64(out, want, yard, dtype, "output")
+    for name in INPUTS:
+        check64(grads[name], want_grads[name], yard_grads[name], dtype, f"grad {name}")
+
+
+@needs_cuda_kernel
+@pytest.mark.parametrize("present,activation", COMBOS)
+def test_cuda_every_prologue_epilogue_activation_combination(present, activation):
+    x, opts = make_inputs((2, 40, 3, 5), True, torch.float32, present)
+    dy = torch.randn(2, 40, 3, 5, device="cuda")  # NCHW: the backward must bring it to x's layout
+    out, grads = run(cuda_group_norm, x, opts, 8, activation, dy, INPUTS)
+    want, want_grads = reference64(x, opts, 8, activation, dy)
+    yard, yard_grads = yardstick(x, opts, 8, activation, dy)
+    check64(out, want, yard, torch.float32, "output")
+    assert grads.keys() == want_grads.keys()
+    for name in grads:
+        check64(grads[name], want_grads[name], yard_grads[name], torch.float32, f"grad {name}")
+
+
+def _group_terms64(x, opts, num_groups, eps, silu, dy):
+    """float64 mean, rstd (B, G) and the backward op's per-(b, c) sums, from the op docstring's math."""
+    B, C = x.shape[:2]
+    o = {k: None if v is None else v.double() for k, v in opts.items()}
+    per_channel = (B, C, 1, 1)
+    h = x.double() + (0 if o["emb"] is None else o["emb"].view(per_channel))
+    hg = h.reshape(B, num_groups, -1)
+    mean, var = hg.mean(-1), hg.var(-1, unbiased=False)
+    rstd = (var + eps).rsqrt()
+    n = ((hg - mean[..., None]) * rstd[..., None]).reshape(h.shape)
+    one_plus = 1.0 if o["scale"] is None else 1.0 + o["scale"].view(per_channel)
+    k = (1.0 if o["weight"] is None else o["weight"].view(1, C, 1, 1)) * one_plus
+    d = (0.0 if o["bias"] is None else o["bias"].view(1, C, 1, 1)) * one_plus
+    d = d + (0.0 if o["shift"] is None else o["shift"].view(per_channel))
+    z = n * k + d
+    dz = dy.double()
+    if silu:
+        sig = torch.sigmoid(z)
+        dz = dz * sig * (1 + z * (1 - sig))
+    dn = (k * dz).reshape(B, num_groups, -1)
+    ng = n.reshape(B, num_groups, -1)
+    dh = rstd[..., None] * (dn - dn.mean(-1, keepdim=True) - ng * (dn * ng).mean(-1, keepdim=True))
+    return mean, rstd, dz.sum((2, 3)), (dz * n).sum((2, 3)), dh.reshape(h.shape).sum((2, 3)), dh.reshape(h.shape)
+
+
+@needs_cuda_kernel
+@pytest.mark.parametrize("dtype", KERNEL_DTYPES, ids=lambda d: str(d).replace("torch.", ""))
+@pytest.mark.parametrize("present,silu", [(OPTIONS, True), (OPTIONS, False), ((), True), ((), False)],
+                         ids=["all-silu", "all", "none-silu", "none"])
+def test_cuda_ops_write_every_output(dtype, present, silu):
+    """The custom ops with impl="cuda" straight, outputs NaN-poisoned first: mean, rstd, dx and the
+    three (B, C) sums all written and right; d_emb = sum_s dL/dh even without emb."""
+    from fastgen import _layout
+
+    assert _layout._POISON, "tests/conftest.py sets FASTGEN_POISON_OUTPUTS=1 before fastgen is imported"
+    shape, groups, eps = (3, 40, 7, 9), 8, 1e-5
+    x, opts = make_inputs(shape, True, dtype, present)
+    dy = torch.randn(shape, device="cuda").to(dtype).contiguous(memory_format=torch.channels_last)
+    operands = [opts[k] for k in OPTIONS]
+    out, mean, rstd = _group_norm_op(x, *operands, groups, eps, silu, "cuda")
+    dx, sum_dz, sum_dz_n, d_emb = _group_norm_backward_op(dy, x, *operands, mean, rstd, groups, silu, "cuda")
+    want = _group_terms64(x, opts, groups, eps, silu, dy)
+    for name, got, ref in zip(["mean", "rstd", "sum_dz", "sum_dz_n", "d_emb"], [mean, rstd, sum_dz, sum_dz_n, d_emb],
+                              want[:5]):
+        assert got.dtype == torch.float32 and torch.isfinite(got).all(), f"{name}: unwritten (NaN) or not float32"
+        assert_close(got, ref, atol=2e-5 * max(1.0, ref.abs().max().item()), rtol=1e-4, name=name)
+    assert torch.isfinite(out).all() and torch.isfinite(dx).all()
+    assert dx.stride() == x.stride()
+    atol, rtol = TOLERANCE[dtype]
+    assert_close(dx, want[5], atol=atol * max(1.0, want[5].abs().max().item()), rtol=rtol, name="dx")
+
+
+@needs_cuda_kernel
+@pytest.mark.parametrize("shape,num_groups", [((8, 320, 32, 32), 32), ((1, 32, 128, 128), 1)], ids=["unet", "B1"])
+def test_cuda_is_deterministic(shape, num_groups):
+    """No atomics: two runs of forward and backward are bit for bit the same."""
+    x, opts = make_inputs(shape, True, torch.bfloat16)
+    dy = torch.randn(shape, device="cuda").to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
+    first = run(cuda_group_norm, x, opts, num_groups, "silu", dy, INPUTS)
+    second = run(cuda_group_norm, x, opts, num_groups, "silu", dy, INPUTS)
+    assert torch.equal(first[0], second[0]), "output differs between two runs"
+    for name in INPUTS:
+        assert torch.equal(first[1][name], second[1][name]), f"grad {name} differs between two runs"
+    operands = [opts[k] for k in OPTIONS]
+    a = _group_norm_op(x, *operands, num_groups, 1e-5, True, "cuda")
+    b = _group_norm_op(x, *operands, num_groups, 1e-5, True, "cuda")
+    assert all(torch.equal(p, q) for p, q in zip(a, b)), "y, mean or rstd differ between two runs"
+    a = _group_norm_backward_op(dy, x, *operands, a[1], a[2], num_groups, True, "cuda")
+    b = _group_norm_backward_op(dy, x, *operands, b[1], b[2], num_groups, True, "cuda")
+    assert all(torch.equal(p, q) for p, q in zip(a, b)), "dx or the (B, C) sums differ between two runs"
+
+
+@needs_cuda_kernel
+@pytest.mark.parametrize("offset", [1, 2, 4], ids=lambda o: f"offset{o}")
+def test_cuda_misaligned_storage_takes_narrower_vectors(offset):
+    """x a channels_last view starting 2, 4 or 8 bytes into its storage: the 16-byte vector path
+    must not be taken (a misaligned vector load faults or reads the wrong channels)."""
+    B, C, H, W = 2, 64, 5, 3
+    flat = torch.randn(offset + B * H * W * C, device="cuda").to(torch.float16)
+    x = flat[offset:].view(B, H, W, C).permute(0, 3, 1, 2)
+    assert x.is_contiguous(memory_format=torch.channels_last) and x.data_ptr() % 16 != 0
+    _, opts = make_inputs((B, C, H, W), True, torch.float16)
+    dy = torch.randn(B, C, H, W, device="cuda").to(torch.float16).contiguous(memory_format=torch.channels_last)
+    out, grads = run(cuda_group_norm, x, opts, 16, "silu", dy, INPUTS)
+    want, want_grads = reference64(x, opts, 16, "silu", dy)
+    yard, yard_grads = yardstick(x, opts, 16, "silu", dy)
+    check64(out, want, yard, torch.float16, "output")
+    for name in INPUTS:
+        check64(grads[name], want_grads[name], yard_grads[name], torch.float16, f"grad {name}")
+
+
+@needs_cuda_kernel
+def test_cuda_runs_its_kernels_and_second_order_the_reference(monkeypatch):
+    from fastgen import _native
+    from fastgen.kernels import group_norm as triton_kernel
+
+    ext = _native.cuda_ext()
+    calls = []
+
+    class Spy:
+        def group_norm_forward(self, *args):
+            calls.append("forward")
+            return ext.group_norm_forward(*args)
+
+        def group_norm_backward(self, *args):
+            calls.append("backward")
+            return ext.group_norm_backward(*args)
+
+    def no_triton(*args):
+        raise AssertionError("impl='cuda' ran a Triton kernel")
+
+    monkeypatch.setattr(_native, "cuda_ext", lambda: Spy())
+    monkeypatch.setattr(triton_kernel, "forward", no_triton)
+    monkeypatch.setattr(triton_kernel, "backward", no_triton)
+    x = torch.randn(2, 8, 3, 3, device="cuda").to(memory_format=torch.channels_last).requires_grad_(True)
+    torch.autograd.grad(group_norm(x, 2, activation="silu", impl="cuda").sum(), x)
+    assert calls == ["forward", "backward"]
+    (g,) = torch.autograd.grad(group_norm(x, 2, activation="silu", impl="cuda").sum(), x, create_graph=True)
+    assert calls == ["forward", "backward", "forward"] and g.requires_grad
+
+
+@needs_cuda_kernel
+def test_cuda_opcheck_and_compile_fullgraph():
+    x, opts = make_inputs((2, 8, 3, 3), True, torch.float32)
+    operands = [opts[k] for k in OPTIONS]
+    torch.library.opcheck(_group_norm_op, (x.requires_grad_(True), *operands, 2, 1e-5, True, "cuda"))
+    out, mean, rstd = _group_norm_op(x.detach(), *operands, 2, 1e-5, True, "cuda")
+    dy = torch.randn_like(out)
+    torch.library.opcheck(_group_norm_backward_op, (dy, x.detach(), *operands, mean, rstd, 2, True, "cuda"))
+
+    def block(x):
+        return group_norm(x, 2, *operands[:2], emb=operands[2], scale=operands[3], shift=operands[4],
+                          activation="silu", impl="cuda") * 2
+
+    compiled = torch.compile(block, fullgraph=True, backend="aot_eager")
+    got = compiled(x)
+    (got_grad,) = torch.autograd.grad(got.sum(), x)
+    want = block(x)
+    (want_grad,) = torch.autograd.grad(want.sum(), x)
+    assert_close(got, want)
+    assert_close(got_grad, want_grad, atol=1e-4)
+
+
+@needs_cuda_kernel
+def test_cuda_offsets_past_2_to_the_31():
+    """B * S * C > 2**31 elements (64-bit offsets): the second sample's results must match the same
+    sample run alone, where every offset fits in 32 bits."""
+    free, total = torch.cuda.mem_get_info()
+    if free < 40 * 2**30:
+        pytest.skip(f"needs ~40 GiB of free GPU memory, {free / 2**30:.0f} GiB free")
+    B, C, H, W, G = 2, 32, 8192, 4097, 8
+    assert B * C * H * W > 2**31 and C * H * W < 2**31
+    x = torch.empty(B, H, W, C, device="cuda", dtype=torch.float16).normal_(0.5, 2.0).permute(0, 3, 1, 2)
+    dy = torch.empty_like(x).normal_()
+    out, mean, rstd = _group_norm_op(x, None, None, None, None, None, G, 1e-5, True, "cuda")
+    dx, sum_dz, sum_dz_n, d_emb = _group_norm_backward_op(dy, x, None, None, None, None, None, mean, rstd, G, True, "cuda")
+    x1, dy1 = x[1:].clone(memory_format=torch.channels_last), dy[1:].clone(memory_format=torch.channels_last)
+    out1, mean1, rstd1 = _group_norm_op(x1, None, None, None, None, None, G, 1e-5, True, "cuda")
+    assert_close(mean[1:], mean1, atol=1e-5, rtol=1e-5, name="mean")
+    assert_close(rstd[1:], rstd1, atol=1e-5, rtol=1e-5, name="rstd")
+
+    def close_in_slices(got, want, name):  # assert_close's float64 copies of 2**30 elements would take 17 GB
+        for h in range(0, H, 1024):
+            assert_close(got[:, :, h:h + 1024], want[:, :, h:h + 1024], name=f"{name}[..., {h}:{h + 1024}, :]")
+
+    close_in_slices(out[1:], out1, "output")  # float16 tolerance: the two runs split the sample differently
+    del out, out1
+    dx1, *sums1 = _group_norm_backward_op(dy1, x1, None, None, None, None, None, mean1, rstd1, G, True, "cuda")
+    close_in_slices(dx[1:], dx1, "dx")
+    for name, got, ref in zip(["sum_dz", "sum_dz_n", "d_emb"], [sum_dz, sum_dz_n, d_emb], sums1):
+        assert_close(got[1:], ref, atol=1e-3 * max(1.0, ref.abs().max().item()), rtol=1e-3, name=name)
+
+
+# CPU-runnable: what impl="cuda" refuses, and the op layer's wiring with a stand-in extension.
+
+@pytest.mark.parametrize("x", [
+    pytest.param(torch.randn(2, 6, 3, 3), id="nchw"),
+    pytest.param(torch.randn(2, 6, 9), id="3d"),
+    pytest.param(torch.randn(2, 6, 3, 3, 2), id="5d"),
+    pytest.param(torch.randn(2, 12, 3, 3).to(memory_format=torch.channels_last)[:, ::2], id="channels_last-strided"),
+])
+def test_cuda_impl_takes_only_channels_last_4d(x):
+    with pytest.raises(fastgen.ImplUnavailableError, match=r"impl='cuda' takes a 4-D channels_last x \(NHWC storage\)"):
+        group_norm(x, 3, impl="cuda")
+
+
+def test_cuda_as_the_default_impl_checks_the_layout_too(monkeypatch):
+    monkeypatch.setattr(_impl, "_default_impl", "cuda")
+    with pytest.raises(fastgen.ImplUnavailableError, match="impl='cuda' takes a 4-D channels_last x"):
+        group_norm(torch.randn(2, 6, 3, 3), 3)
+
+
+@pytest.mark.parametrize("x", [
+    pytest.param(torch.randn(2, 6, 1, 1), id="HW1-contiguous"),  # NCHW and NHWC are one storage order
+    pytest.param(torch.randn(2, 1, 3, 3), id="C1-contiguous"),
+    pytest.param(torch.randn(2, 6, 3, 3).to(memory_format=torch.channels_last), id="channels_last"),
+])
+def test_cuda_impl_accepts_nhwc_storage_then_needs_a_cuda_tensor(x):
+    with pytest.raises(fastgen.ImplUnavailableError, match="the CUDA extension runs on CUDA tensors, got a cpu tensor"):
+        group_norm(x, x.shape[1], impl="cuda")
+
+
+def test_auto_offers_the_cuda_kernel_only_an_nhwc_x(monkeypatch):
+    """Were triton unavailable on a CUDA machine, "auto" must not fall to the CUDA kernel with an
+    NCHW x (the binding would refuse it): the op only offers "cuda" for NHWC storage."""
+    offered = []
+    resolve = _impl.resolve
+
+    def spy(op, impl, device, available, dtype):
+        offered.append(available)
+        return resolve(op, impl, device, available, dtype)
+
+    monkeypatch.setattr(_impl, "resolve", spy)
+    group_norm(torch.randn(2, 6, 3, 3), 3)
+    group_norm(torch.randn(2, 6, 3, 3).to(memory_format=torch.channels_last), 3)
+    assert "cuda" not in offered[0] and "cuda" in offered[1]
+
+
+def _binding_parameters(function: str) -> list[str]:
+    """Parameter names of a function of csrc/bindings.cpp, in order."""
+    import os
+    import re
+
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "csrc", "bindings.cpp")
+    with open(path) as f:
+        source = f.read()
+    match = re.search(rf"\bvoid {function}\(([^{{]*?)\)\s*{{", source)
+    assert match, f"no {function} in csrc/bindings.cpp"
+    return [re.search(r"(\w+)\s*$", p.strip()).group(1) for p in match.group(1).split(",")]
+
+
+class _StandInExtension:
+    """fastgen._C's two GroupNorm functions in float64 torch, with the binding's parameters and its
+    layout requirements: the op layer's wiring, checked where the real extension cannot run."""
+
+    def __init__(self):
+        self.calls = []
+
+    def group_norm_forward(self, x, weight, bias, emb, scale, shift, num_groups, eps, silu, out, mean, rstd):
+        self.calls.append("forward")
+        assert x.is_contiguous(memory_format=torch.channels_last) and out.stride() == x.stride()
+        opts = dict(zip(OPTIONS, (weight, bias, emb, scale, shift)))
+        m, r = _group_terms64(x, opts, num_groups, eps, silu, torch.zeros_like(x))[:2]
+        o64 = {k: None if v is None else v.double() for k, v in opts.items()}
+        out.copy_(group_norm_ref(x.double(), num_groups, o64["weight"], o64["bias"], eps, emb=o64["emb"],
+                                 scale=o64["scale"], shift=o64["shift"], activation="silu" if silu else None))
+        mean.copy_(m)
+        rstd.copy_(r)
+
+    def group_norm_backward(self, dy, x, weight, bias, emb, scale, shift, mean, rstd, num_groups, silu, dx, sum_dz,
+                            sum_dz_n, d_emb):
+        self.calls.append("backward")
+        assert x.is_contiguous(memory_format=torch.channels_last) and dy.stride() == x.stride() == dx.stride()
+        opts = dict(zip(OPTIONS, (weight, bias, emb, scale, shift)))
+        _, _, s_dz, s_dzn, s_emb, dh = _group_terms64(x, opts, num_groups, 1e-5, silu, dy)
+        for dst, src in ((dx, dh), (sum_dz, s_dz), (sum_dz_n, s_dzn), (d_emb, s_emb)):
+            dst.copy_(src)
+
+
+def test_cuda_stand_in_has_the_bindings_parameters():
+    import inspect
+
+    for name in ("group_norm_forward", "group_norm_backward"):
+        params = list(inspect.signature(getattr(_StandInExtension(), name)).parameters)
+        assert params == _binding_parameters(name), f"{name}: the stand-in's parameters are not the binding's"
+
+
+def test_cuda_wiring_forward_and_backward_with_a_stand_in_extension(monkeypatch):
+    """impl="cuda" end to end on CPU with a stand-in fastgen._C: the forward op calls
+    group_norm_forward, the backward group_norm_backward (the forward's impl carried in ctx) with
+    a channels_last dy, and the parameter gradients come out of the per-(b, c) sums right."""
+    from fastgen import _native
+
+    real_reason = _impl.unavailable_reason
+    monkeypatch.setattr(_impl, "unavailable_reason", lambda impl, device: None if impl == "cuda" else real_reason(impl, device))
+    ext = _StandInExtension()
+    monkeypatch.setattr(_native, "cuda_ext", lambda: ext)
+    x, opts = make_inputs((2, 6, 3, 5), True, torch.float32)
+    x, opts = x.cpu(), {k: v.cpu() for k, v in opts.items()}
+    dy = torch.randn(2, 6, 3, 5)  # NCHW: the op must hand the binding a channels_last dy
+    out, grads = run(cuda_group_norm, x, opts, 3, "silu", dy, INPUTS)
+    assert ext.calls == ["forward", "backward"]
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    want, want_grads = run(group_norm_ref, x, opts, 3, "silu", dy, INPUTS)
+    check(out, want, torch.float32, "output")
+    for name in INPUTS:
+        check(grads[name], want_grads[name], torch.float32, f"grad {name}")
+
+
+def test_cuda_op_fake_keeps_channels_last():
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode():
+        x = torch.empty(2, 8, 3, 3).to(memory_format=torch.channels_last)
+        out, mean, rstd = _group_norm_op(x, None, None, None, None, None, 4, 1e-5, True, "cuda")
+        dx, *sums = _group_norm_backward_op(out, x, None, None, None, None, None, mean, rstd, 4, True, "cuda")
+    assert out.stride() == x.stride() and dx.stride() == x.stride()
+    assert mean.shape == rstd.shape == (2, 4) and all(s.shape == (2, 8) and s.dtype == torch.float32 for s in sums)

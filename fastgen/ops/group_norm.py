@@ -8,10 +8,18 @@
                                                     use_scale_shift_norm)
     y = silu(y)                                     optional activation, last
 
-Implementations: ``"triton"`` (kernels/group_norm.py: the custom op ``fastgen::group_norm`` and
-its backward ``fastgen::group_norm_backward``) and ``"reference"`` (:func:`group_norm_ref`, pure
-torch: the CPU path and the ground truth; it runs as plain torch, so autograd and torch.compile see
-through it and its CPU backward is torch's fused one).
+Implementations: ``"triton"`` (kernels/group_norm.py), ``"cuda"`` (csrc/group_norm.cu, for 4-D
+channels_last x only) and ``"reference"`` (:func:`group_norm_ref`, pure torch: the CPU path and the
+ground truth; it runs as plain torch, so autograd and torch.compile see through it and its CPU
+backward is torch's fused one). The kernels sit behind the custom op ``fastgen::group_norm`` and its
+backward ``fastgen::group_norm_backward``, whose ``impl`` argument names the kernel; the backward
+runs the forward's.
+
+The CUDA kernel reads NHWC storage only (coalesced along C, after NVIDIA's NHWC GroupNorm): with
+``impl="cuda"`` an x that is not 4-D channels_last raises ImplUnavailableError naming the layout
+it needs, rather than being copied to channels_last (a hidden transpose of x, y and both gradients)
+or routed to another kernel than the one asked for. ``"auto"`` runs triton on CUDA tensors, any
+layout: the CUDA kernel is not yet measured against it.
 
 Backward of the kernel path: with n, z the values before and after the epilogue and dz = dL/dz,
 
@@ -20,8 +28,9 @@ Backward of the kernel path: with n, z the values before and after the epilogue 
     dL/dshift = sum_s dz;  dL/dscale = weight * sum_s dz n + bias * sum_s dz
     dL/dweight = sum_{b,s} (1 + scale) dz n;  dL/dbias = sum_{b,s} (1 + scale) dz
 
-The per-(b, c) sums come whole from the backward kernel (one program owns a group of one sample);
-the sums over the batch are then taken in torch, in a fixed order. Under ``create_graph=True`` (a
+The per-(b, c) sums come whole from the backward kernel (Triton: one program owns a group of one
+sample; CUDA: per-chunk partial sums merged in chunk order, no atomics); the sums over the batch
+are then taken in torch, in a fixed order. Under ``create_graph=True`` (a
 gradient penalty) the backward is instead recomputed through the reference with autograd, so it
 is itself differentiable to any order.
 """
@@ -32,9 +41,10 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .. import _impl, _layout, _validate
+from .. import _impl, _layout, _native, _validate
 
-IMPLS = ("triton", "reference")
+IMPLS = ("triton", "cuda", "reference")
+_IMPLS_ANY_LAYOUT = ("triton", "reference")  # those that take an x that is not 4-D channels_last
 ACTIVATIONS = (None, "silu")
 
 
@@ -81,18 +91,26 @@ def _new_float32(x: torch.Tensor, shape) -> torch.Tensor:
 def _group_norm_backward_op(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor | None,
                             bias: torch.Tensor | None, emb: torch.Tensor | None, scale: torch.Tensor | None,
                             shift: torch.Tensor | None, mean: torch.Tensor, rstd: torch.Tensor, num_groups: int,
-                            silu: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(dx, sum_s dz, sum_s dz * n, dL/demb): dx like x, the others float32 (B, C)."""
-    from fastgen.kernels import group_norm as kernel
-
+                            silu: bool, impl: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(dx, sum_s dz, sum_s dz * n, dL/demb): dx like x, the others float32 (B, C). dL/demb =
+    sum_s dL/dh is computed whether or not emb was given. impl: "triton" or "cuda" (dy, x
+    channels_last)."""
     dx = _layout.new_output(x)
     sums = [_new_float32(x, x.shape[:2]) for _ in range(3)]
-    kernel.backward(dy, x, weight, bias, emb, scale, shift, mean, rstd, num_groups, silu, dx, *sums)
+    if impl == "cuda":
+        _native.cuda_ext().group_norm_backward(dy, x, weight, bias, emb, scale, shift, mean, rstd, num_groups, silu,
+                                               dx, *sums)
+    elif impl == "triton":
+        from fastgen.kernels import group_norm as kernel
+
+        kernel.backward(dy, x, weight, bias, emb, scale, shift, mean, rstd, num_groups, silu, dx, *sums)
+    else:
+        raise AssertionError(impl)
     return (dx, *sums)
 
 
 @_group_norm_backward_op.register_fake
-def _(dy, x, weight, bias, emb, scale, shift, mean, rstd, num_groups, silu):
+def _(dy, x, weight, bias, emb, scale, shift, mean, rstd, num_groups, silu, impl):
     return (torch.empty_like(x),) + tuple(mean.new_empty(x.shape[:2]) for _ in range(3))
 
 
@@ -101,27 +119,33 @@ def _(dy, x, weight, bias, emb, scale, shift, mean, rstd, num_groups, silu):
 @torch.library.custom_op("fastgen::group_norm", mutates_args=())
 def _group_norm_op(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None,
                    emb: torch.Tensor | None, scale: torch.Tensor | None, shift: torch.Tensor | None,
-                   num_groups: int, eps: float, silu: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(y, mean, rstd): y like x, the group statistics float32 (B, G) for the backward."""
-    from fastgen.kernels import group_norm as kernel
-
+                   num_groups: int, eps: float, silu: bool, impl: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(y, mean, rstd): y like x, the group statistics float32 (B, G) for the backward.
+    impl: "triton" or "cuda" (x 4-D channels_last)."""
     out = _layout.new_output(x)
     mean, rstd = _new_float32(x, (x.shape[0], num_groups)), _new_float32(x, (x.shape[0], num_groups))
-    kernel.forward(x, weight, bias, emb, scale, shift, num_groups, eps, silu, out, mean, rstd)
+    if impl == "cuda":
+        _native.cuda_ext().group_norm_forward(x, weight, bias, emb, scale, shift, num_groups, eps, silu, out, mean, rstd)
+    elif impl == "triton":
+        from fastgen.kernels import group_norm as kernel
+
+        kernel.forward(x, weight, bias, emb, scale, shift, num_groups, eps, silu, out, mean, rstd)
+    else:
+        raise AssertionError(impl)
     return out, mean, rstd
 
 
 @_group_norm_op.register_fake
-def _(x, weight, bias, emb, scale, shift, num_groups, eps, silu):
+def _(x, weight, bias, emb, scale, shift, num_groups, eps, silu, impl):
     stats = x.new_empty((x.shape[0], num_groups), dtype=torch.float32)
     return torch.empty_like(x), stats, torch.empty_like(stats)
 
 
 def _setup_context(ctx, inputs, output):
-    x, weight, bias, emb, scale, shift, num_groups, eps, silu = inputs
+    x, weight, bias, emb, scale, shift, num_groups, eps, silu, impl = inputs
     _, mean, rstd = output
     ctx.save_for_backward(x, weight, bias, emb, scale, shift, mean, rstd)
-    ctx.num_groups, ctx.eps, ctx.silu = num_groups, eps, silu
+    ctx.num_groups, ctx.eps, ctx.silu, ctx.impl = num_groups, eps, silu, impl
     ctx.mark_non_differentiable(mean, rstd)
 
 
@@ -132,7 +156,7 @@ def _backward(ctx, grad_out, grad_mean, grad_rstd):
         grads = _differentiable_backward(ctx, grad_out, (x, weight, bias, emb, scale, shift), needs)
     else:
         grads = _fused_backward(ctx, grad_out, x, weight, bias, emb, scale, shift, mean, rstd, needs)
-    return (*grads, None, None, None)
+    return (*grads, None, None, None, None)
 
 
 def _differentiable_backward(ctx, grad_out, inputs, needs):
@@ -149,7 +173,7 @@ def _differentiable_backward(ctx, grad_out, inputs, needs):
 def _fused_backward(ctx, grad_out, x, weight, bias, emb, scale, shift, mean, rstd, needs):
     dy = _layout.match_layout(grad_out.to(x.dtype), x)
     dx, sum_dz, sum_dz_n, d_emb = _group_norm_backward_op(dy, x, weight, bias, emb, scale, shift, mean, rstd,
-                                                          ctx.num_groups, ctx.silu)
+                                                          ctx.num_groups, ctx.silu, ctx.impl)
     acc = torch.float32  # the kernel's per-(b, c) sums; the results are cast to each input's dtype
     one_plus = None if scale is None else 1.0 + scale.to(acc)
     d_weight = d_bias = d_scale = None
@@ -183,6 +207,12 @@ def _check_param(name: str, t: object, shape: tuple, x: torch.Tensor) -> torch.T
     return t.contiguous()
 
 
+def _is_nhwc(x: torch.Tensor) -> bool:
+    """x's storage is NHWC, the only layout impl="cuda" reads (also true of an x that is contiguous
+    as well, such as (B, C, 1, 1), whose two layouts share one storage order)."""
+    return x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last)
+
+
 def group_norm(x: torch.Tensor, num_groups: int, weight: torch.Tensor | None = None,
                bias: torch.Tensor | None = None, eps: float = 1e-5, *, emb: torch.Tensor | None = None,
                scale: torch.Tensor | None = None, shift: torch.Tensor | None = None,
@@ -200,8 +230,10 @@ def group_norm(x: torch.Tensor, num_groups: int, weight: torch.Tensor | None = N
         emb: (B, C) added to x before the statistics, or None.
         scale, shift: (B, C) applied after the affine, or None.
         activation: None or "silu".
-        impl: "auto", "triton" or "reference" (see :mod:`fastgen._impl`): "auto" runs triton on
-            CUDA tensors and the reference on CPU tensors and for float64.
+        impl: "auto", "triton", "cuda" or "reference" (see :mod:`fastgen._impl`): "auto" runs
+            triton on CUDA tensors and the reference on CPU tensors and for float64. "cuda" takes
+            a 4-D channels_last x only (NHWC storage) and raises ImplUnavailableError for any
+            other layout.
 
     weight, bias, emb, scale and shift must have x's dtype and device (a mix, such as float32
     weights with a bfloat16 x under autocast, is a TypeError: cast them first).
@@ -226,9 +258,16 @@ def group_norm(x: torch.Tensor, num_groups: int, weight: torch.Tensor | None = N
     # The kernels walk contiguous and 4-D channels_last tensors; anything else is made contiguous.
     if _memory_format(x) != torch.channels_last:
         x = x.contiguous()
-    chosen = _impl.resolve("group_norm", impl, x.device, IMPLS, x.dtype)
+    nhwc = _is_nhwc(x)
+    if not nhwc and (_impl.get_impl() if impl == "auto" else impl) == "cuda":
+        raise _impl.ImplUnavailableError(
+            f"fastgen.group_norm: impl='cuda' takes a 4-D channels_last x (NHWC storage), got shape "
+            f"{tuple(x.shape)} with strides {x.stride()}: pass x.to(memory_format=torch.channels_last), or use "
+            f"impl='triton' / 'auto', which take any layout")
+    # "auto" never lands on the CUDA kernel with an x it cannot read (say triton failed to import).
+    chosen = _impl.resolve("group_norm", impl, x.device, IMPLS if nhwc else _IMPLS_ANY_LAYOUT, x.dtype)
     if chosen == "reference" or B == 0:  # an empty batch launches nothing: the reference returns it
         return group_norm_ref(x, num_groups, weight, bias, eps, emb=emb, scale=scale, shift=shift,
                               activation=activation)
-    out, _, _ = _group_norm_op(x, weight, bias, emb, scale, shift, num_groups, float(eps), activation == "silu")
+    out, _, _ = _group_norm_op(x, weight, bias, emb, scale, shift, num_groups, float(eps), activation == "silu", chosen)
     return out
