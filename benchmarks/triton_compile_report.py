@@ -142,9 +142,11 @@ def cases(quick: bool):
             ops.penalty_from_grad(g, "wgan-gp", 10.0, impl="triton").backward()
         yield f"gradient_penalty {name}", penalty
 
-        # GroupNorm: U-Net shapes (C / G = 4 .. 16 channels per group), a ragged group (C / G = 3),
-        # NCHW and channels_last, every fused option on and off.
-        for shape, groups in (((2, 128, 16, 16), 32), ((2, 512, 8, 8), 32), ((2, 96, 7, 7), 32)):
+        # GroupNorm: U-Net shapes (C / G = 4 .. 16 channels per group; 4 x 32 x 32 is the largest
+        # single-tile group), a ragged group (C / G = 3), a group that streams through tiles
+        # (10 x 64 x 64, Stable Diffusion's 320 channels), NCHW and channels_last, every option on and off.
+        for shape, groups in (((2, 128, 32, 32), 32), ((2, 512, 8, 8), 32), ((2, 96, 7, 7), 32),
+                              ((2, 320, 64, 64), 32)):
             for channels_last in (False, True):
                 def gn(shape=shape, groups=groups, channels_last=channels_last, dtype=dtype):
                     x = torch.randn(shape).to(dtype)

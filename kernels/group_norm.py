@@ -15,6 +15,15 @@ BLOCK_C covering the group's channels, so a group of any size (e.g. 32 * 64 * 64
 a fixed-size tile. Triton specialises a stride equal to 1, so the contiguous axis of either layout
 gets vectorised loads without a second kernel.
 
+Memory passes. A group that fits in one tile (Cg * S <= TILE: every group of the DDPM CIFAR-10
+U-Net, 4 x 32 x 32 down to 8 x 4 x 4) is read once and kept in registers (SINGLE_TILE): the
+forward moves x in and y out, the backward x and dy in and dx out — the minimum. Larger groups
+stream through tiles twice (statistics, then output), so the forward reads x twice and the
+backward x and dy twice; the second read hits L2 only while B * G programs' groups fit there.
+Expected on a GPU at the U-Net's batch 256 (x of 64-256 MiB, past the 50 MiB L2): the forward
+from 3 to 2 tensor passes, the backward from 5 to 3 — up to 1.5x and 1.67x less DRAM traffic;
+not yet measured (benchmarks/bench_group_norm.py on a GPU).
+
 Parallelism is B * G programs (8192 for a 256-sample batch at 32 groups). A small batch with large
 groups leaves most of a GPU idle; a split reduction over spatial chunks would fix that and is not
 implemented.
@@ -27,6 +36,42 @@ import triton.language as tl
 # 16 at 8 warps in the backward, which keeps about three times as many tiles live. Chosen by
 # reasoning about registers, not yet tuned on a GPU.
 TILE = 4096
+
+
+@triton.jit
+def _load_h(x_ptr, offs, mask, emb, HAS_EMB: tl.constexpr):
+    """A [BLOCK_C, BLOCK_S] tile of h = x + emb in float32 (0 where masked before the emb add)."""
+    h = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    if HAS_EMB:
+        h += emb[:, None]
+    return h
+
+
+@triton.jit
+def _forward_coefficients(weight_ptr, bias_ptr, scale_ptr, shift_ptr, c, bc, c_mask, rstd,
+                          HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_SCALE: tl.constexpr,
+                          HAS_SHIFT: tl.constexpr, BLOCK_C: tl.constexpr):
+    """Per-channel (a, d) with z = (h - mean) * a + d: affine and scale/shift folded into one FMA."""
+    a = tl.full((BLOCK_C,), 1.0, tl.float32) * rstd
+    d = tl.zeros((BLOCK_C,), tl.float32)
+    if HAS_WEIGHT:
+        a *= tl.load(weight_ptr + c, mask=c_mask, other=0.0).to(tl.float32)
+    if HAS_BIAS:
+        d += tl.load(bias_ptr + c, mask=c_mask, other=0.0).to(tl.float32)
+    if HAS_SCALE:
+        one_plus = 1.0 + tl.load(scale_ptr + bc, mask=c_mask, other=0.0).to(tl.float32)
+        a *= one_plus
+        d *= one_plus
+    if HAS_SHIFT:
+        d += tl.load(shift_ptr + bc, mask=c_mask, other=0.0).to(tl.float32)
+    return a, d
+
+
+@triton.jit
+def _activate(z, SILU: tl.constexpr):
+    if SILU:
+        z = z / (1.0 + tl.exp(-z))
+    return z
 
 
 @triton.jit
@@ -53,6 +98,7 @@ def _group_norm_fwd_kernel(
     HAS_SCALE: tl.constexpr,
     HAS_SHIFT: tl.constexpr,
     SILU: tl.constexpr,
+    SINGLE_TILE: tl.constexpr,  # S <= BLOCK_S: the group is one [BLOCK_C, BLOCK_S] tile
     BLOCK_C: tl.constexpr,
     BLOCK_S: tl.constexpr,
 ):
@@ -65,65 +111,94 @@ def _group_norm_fwd_kernel(
     sample = b.to(tl.int64) * C * S
     ptr_c = sample + c.to(tl.int64)[:, None] * stride_c
     bc = b * C + c
+    emb = tl.zeros((BLOCK_C,), tl.float32)  # read only under HAS_EMB
     if HAS_EMB:
         emb = tl.load(emb_ptr + bc, mask=c_mask, other=0.0).to(tl.float32)
 
-    # Pass 1: statistics of h - pivot, the pivot being the group's first value: far from zero the
-    # running mean then stays small and keeps its low bits. Each tile's exact mean and sum of
-    # squared deviations are merged into the running ones (Chan et al.), so there is no
-    # E[h^2] - E[h]^2 cancellation at any group size.
-    pivot = tl.load(x_ptr + sample + c0.to(tl.int64) * stride_c).to(tl.float32)
-    if HAS_EMB:
-        pivot += tl.sum(tl.where(cl == 0, emb, 0.0))
-    shifted_mean = 0.0  # mean of h - pivot
-    m2 = 0.0
-    count = 0.0
-    for s0 in range(0, S, BLOCK_S):
-        s = s0 + tl.arange(0, BLOCK_S)
-        mask = c_mask[:, None] & (s < S)[None, :]
-        h = tl.load(x_ptr + ptr_c + s[None, :] * stride_s, mask=mask, other=0.0).to(tl.float32)
-        if HAS_EMB:
-            h += emb[:, None]
-        h -= pivot
-        n_tile = (tl.minimum(S - s0, BLOCK_S) * channels_per_group).to(tl.float32)
-        tile_mean = tl.sum(tl.where(mask, h, 0.0)) / n_tile
-        dev = tl.where(mask, h - tile_mean, 0.0)
-        total = count + n_tile
-        delta = tile_mean - shifted_mean
-        shifted_mean += delta * (n_tile / total)
-        m2 += tl.sum(dev * dev) + delta * delta * (count * n_tile / total)
-        count = total
-    rstd = 1.0 / tl.sqrt(m2 / count + eps)
-    tl.store(mean_ptr + pid, pivot + shifted_mean)
-    tl.store(rstd_ptr + pid, rstd)
-
-    # Per-channel coefficients: z = (h - mean) * a + d folds affine and scale/shift into one FMA.
-    # h - mean is taken as (h - pivot) - shifted_mean, which keeps the pivot's precision.
-    a = tl.full((BLOCK_C,), 1.0, tl.float32) * rstd
-    d = tl.zeros((BLOCK_C,), tl.float32)
-    if HAS_WEIGHT:
-        a *= tl.load(weight_ptr + c, mask=c_mask, other=0.0).to(tl.float32)
-    if HAS_BIAS:
-        d += tl.load(bias_ptr + c, mask=c_mask, other=0.0).to(tl.float32)
-    if HAS_SCALE:
-        one_plus = 1.0 + tl.load(scale_ptr + bc, mask=c_mask, other=0.0).to(tl.float32)
-        a *= one_plus
-        d *= one_plus
-    if HAS_SHIFT:
-        d += tl.load(shift_ptr + bc, mask=c_mask, other=0.0).to(tl.float32)
-
-    # Pass 2: normalise and store (the group was just read, so on a GPU this pass mostly hits L2).
-    for s0 in range(0, S, BLOCK_S):
-        s = s0 + tl.arange(0, BLOCK_S)
+    if SINGLE_TILE:
+        # The whole group is one tile (the U-Net's groups at 32x32 and below): read x once, keep
+        # it in registers, take the exact two-pass statistics there and write y. The streaming
+        # path below reads x twice; past the L2 that is a third of the traffic saved.
+        s = tl.arange(0, BLOCK_S)
         mask = c_mask[:, None] & (s < S)[None, :]
         offs = ptr_c + s[None, :] * stride_s
-        h = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        h = _load_h(x_ptr, offs, mask, emb, HAS_EMB)
+        count = (channels_per_group * S * 1.0)  # * 1.0: both may be specialised to constexpr 1
+        mean = tl.sum(tl.where(mask, h, 0.0)) / count
+        dev = tl.where(mask, h - mean, 0.0)
+        rstd = 1.0 / tl.sqrt(tl.sum(dev * dev) / count + eps)
+        tl.store(mean_ptr + pid, mean)
+        tl.store(rstd_ptr + pid, rstd)
+        a, d = _forward_coefficients(weight_ptr, bias_ptr, scale_ptr, shift_ptr, c, bc, c_mask, rstd,
+                                     HAS_WEIGHT, HAS_BIAS, HAS_SCALE, HAS_SHIFT, BLOCK_C)
+        tl.store(out_ptr + offs, _activate(dev * a[:, None] + d[:, None], SILU), mask=mask)
+    else:
+        # Pass 1: statistics of h - pivot, the pivot being the group's first value: far from zero the
+        # running mean then stays small and keeps its low bits. Each tile's exact mean and sum of
+        # squared deviations are merged into the running ones (Chan et al.), so there is no
+        # E[h^2] - E[h]^2 cancellation at any group size.
+        pivot = tl.load(x_ptr + sample + c0.to(tl.int64) * stride_c).to(tl.float32)
         if HAS_EMB:
-            h += emb[:, None]
-        z = ((h - pivot) - shifted_mean) * a[:, None] + d[:, None]
-        if SILU:
-            z = z / (1.0 + tl.exp(-z))
-        tl.store(out_ptr + offs, z, mask=mask)
+            pivot += tl.sum(tl.where(cl == 0, emb, 0.0))
+        shifted_mean = 0.0  # mean of h - pivot
+        m2 = 0.0
+        count = 0.0
+        for s0 in range(0, S, BLOCK_S):
+            s = s0 + tl.arange(0, BLOCK_S)
+            mask = c_mask[:, None] & (s < S)[None, :]
+            h = _load_h(x_ptr, ptr_c + s[None, :] * stride_s, mask, emb, HAS_EMB) - pivot
+            n_tile = (tl.minimum(S - s0, BLOCK_S) * channels_per_group).to(tl.float32)
+            tile_mean = tl.sum(tl.where(mask, h, 0.0)) / n_tile
+            dev = tl.where(mask, h - tile_mean, 0.0)
+            total = count + n_tile
+            delta = tile_mean - shifted_mean
+            shifted_mean += delta * (n_tile / total)
+            m2 += tl.sum(dev * dev) + delta * delta * (count * n_tile / total)
+            count = total
+        rstd = 1.0 / tl.sqrt(m2 / count + eps)
+        tl.store(mean_ptr + pid, pivot + shifted_mean)
+        tl.store(rstd_ptr + pid, rstd)
+
+        # h - mean is taken as (h - pivot) - shifted_mean, which keeps the pivot's precision.
+        a, d = _forward_coefficients(weight_ptr, bias_ptr, scale_ptr, shift_ptr, c, bc, c_mask, rstd,
+                                     HAS_WEIGHT, HAS_BIAS, HAS_SCALE, HAS_SHIFT, BLOCK_C)
+
+        # Pass 2: normalise and store (the group was just read, so on a GPU this pass mostly hits L2).
+        for s0 in range(0, S, BLOCK_S):
+            s = s0 + tl.arange(0, BLOCK_S)
+            mask = c_mask[:, None] & (s < S)[None, :]
+            offs = ptr_c + s[None, :] * stride_s
+            h = _load_h(x_ptr, offs, mask, emb, HAS_EMB)
+            z = ((h - pivot) - shifted_mean) * a[:, None] + d[:, None]
+            tl.store(out_ptr + offs, _activate(z, SILU), mask=mask)
+
+
+@triton.jit
+def _normalised_and_dz(x_ptr, dy_ptr, offs, mask, emb, mean, rstd, k, d, HAS_EMB: tl.constexpr, SILU: tl.constexpr):
+    """(n, dz) of a tile: n = (h - mean) * rstd (0 where masked), dz = dL/dz through the activation."""
+    h = _load_h(x_ptr, offs, mask, emb, HAS_EMB)
+    n = tl.where(mask, (h - mean) * rstd, 0.0)
+    dz = tl.load(dy_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    if SILU:
+        z = n * k[:, None] + d[:, None]
+        sig = 1.0 / (1.0 + tl.exp(-z))
+        dz *= sig * (1.0 + z * (1.0 - sig))
+    return n, dz
+
+
+@triton.jit
+def _store_channel_sums(sum_dz_ptr, sum_dz_n_ptr, d_emb_ptr, bc, c_mask, sum_dz, sum_dz_n, sum_n, k, rstd, inv_n, S):
+    """Write the per-(b, c) sums and dL/demb; return the group terms (c1, c2) of dx.
+
+    dn = k * dz; dh = rstd * (dn - mean_g(dn) - n * mean_g(dn * n)), the means over the N values:
+    c1 = mean_g(dn), c2 = mean_g(dn * n).
+    """
+    tl.store(sum_dz_ptr + bc, sum_dz, mask=c_mask)
+    tl.store(sum_dz_n_ptr + bc, sum_dz_n, mask=c_mask)
+    c1 = tl.sum(k * sum_dz) * inv_n
+    c2 = tl.sum(k * sum_dz_n) * inv_n
+    tl.store(d_emb_ptr + bc, rstd * (k * sum_dz - S * c1 - sum_n * c2), mask=c_mask)
+    return c1, c2
 
 
 @triton.jit
@@ -153,6 +228,7 @@ def _group_norm_bwd_kernel(
     HAS_SCALE: tl.constexpr,
     HAS_SHIFT: tl.constexpr,
     SILU: tl.constexpr,
+    SINGLE_TILE: tl.constexpr,  # S <= BLOCK_S: the group is one [BLOCK_C, BLOCK_S] tile
     BLOCK_C: tl.constexpr,
     BLOCK_S: tl.constexpr,
 ):
@@ -181,55 +257,46 @@ def _group_norm_bwd_kernel(
     if SILU:
         if HAS_SHIFT:
             d += tl.load(shift_ptr + bc, mask=c_mask, other=0.0).to(tl.float32)
+    emb = tl.zeros((BLOCK_C,), tl.float32)  # read only under HAS_EMB
     if HAS_EMB:
         emb = tl.load(emb_ptr + bc, mask=c_mask, other=0.0).to(tl.float32)
-
-    # Pass 1: per-channel sums over the group's spatial positions. The program owns every position
-    # of its channels in sample b, so these sums are complete here: no atomics, no second kernel.
-    sum_dz = tl.zeros((BLOCK_C,), tl.float32)
-    sum_dz_n = tl.zeros((BLOCK_C,), tl.float32)
-    sum_n = tl.zeros((BLOCK_C,), tl.float32)
-    for s0 in range(0, S, BLOCK_S):
-        s = s0 + tl.arange(0, BLOCK_S)
-        mask = c_mask[:, None] & (s < S)[None, :]
-        offs = ptr_c + s[None, :] * stride_s
-        h = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-        if HAS_EMB:
-            h += emb[:, None]
-        n = tl.where(mask, (h - mean) * rstd, 0.0)
-        dz = tl.load(dy_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-        if SILU:
-            z = n * k[:, None] + d[:, None]
-            sig = 1.0 / (1.0 + tl.exp(-z))
-            dz *= sig * (1.0 + z * (1.0 - sig))
-        sum_dz += tl.sum(dz, axis=1)
-        sum_dz_n += tl.sum(dz * n, axis=1)
-        sum_n += tl.sum(n, axis=1)
-    tl.store(sum_dz_ptr + bc, sum_dz, mask=c_mask)
-    tl.store(sum_dz_n_ptr + bc, sum_dz_n, mask=c_mask)
-
-    # dn = k * dz; dh = rstd * (dn - mean_g(dn) - n * mean_g(dn * n)), the means over the N values.
     inv_n = 1.0 / (channels_per_group * S * 1.0)  # * 1.0: both may be specialised to constexpr 1
-    c1 = tl.sum(k * sum_dz) * inv_n
-    c2 = tl.sum(k * sum_dz_n) * inv_n
-    d_emb = rstd * (k * sum_dz - S * c1 - sum_n * c2)
-    tl.store(d_emb_ptr + bc, d_emb, mask=c_mask)
 
-    # Pass 2: dx, recomputing n and dz from x and dy instead of storing them.
-    for s0 in range(0, S, BLOCK_S):
-        s = s0 + tl.arange(0, BLOCK_S)
+    if SINGLE_TILE:
+        # The whole group is one tile: x and dy are read once and stay in registers between the
+        # sums and dx (the streaming path below reads both twice).
+        s = tl.arange(0, BLOCK_S)
         mask = c_mask[:, None] & (s < S)[None, :]
         offs = ptr_c + s[None, :] * stride_s
-        h = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-        if HAS_EMB:
-            h += emb[:, None]
-        n = (h - mean) * rstd
-        dz = tl.load(dy_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-        if SILU:
-            z = n * k[:, None] + d[:, None]
-            sig = 1.0 / (1.0 + tl.exp(-z))
-            dz *= sig * (1.0 + z * (1.0 - sig))
+        n, dz = _normalised_and_dz(x_ptr, dy_ptr, offs, mask, emb, mean, rstd, k, d, HAS_EMB, SILU)
+        sum_dz, sum_dz_n, sum_n = tl.sum(dz, axis=1), tl.sum(dz * n, axis=1), tl.sum(n, axis=1)
+        c1, c2 = _store_channel_sums(sum_dz_ptr, sum_dz_n_ptr, d_emb_ptr, bc, c_mask, sum_dz, sum_dz_n, sum_n,
+                                     k, rstd, inv_n, S)
         tl.store(dx_ptr + offs, rstd * (dz * k[:, None] - c1 - n * c2), mask=mask)
+    else:
+        # Pass 1: per-channel sums over the group's spatial positions. The program owns every position
+        # of its channels in sample b, so these sums are complete here: no atomics, no second kernel.
+        sum_dz = tl.zeros((BLOCK_C,), tl.float32)
+        sum_dz_n = tl.zeros((BLOCK_C,), tl.float32)
+        sum_n = tl.zeros((BLOCK_C,), tl.float32)
+        for s0 in range(0, S, BLOCK_S):
+            s = s0 + tl.arange(0, BLOCK_S)
+            mask = c_mask[:, None] & (s < S)[None, :]
+            offs = ptr_c + s[None, :] * stride_s
+            n, dz = _normalised_and_dz(x_ptr, dy_ptr, offs, mask, emb, mean, rstd, k, d, HAS_EMB, SILU)
+            sum_dz += tl.sum(dz, axis=1)
+            sum_dz_n += tl.sum(dz * n, axis=1)
+            sum_n += tl.sum(n, axis=1)
+        c1, c2 = _store_channel_sums(sum_dz_ptr, sum_dz_n_ptr, d_emb_ptr, bc, c_mask, sum_dz, sum_dz_n, sum_n,
+                                     k, rstd, inv_n, S)
+
+        # Pass 2: dx, recomputing n and dz from x and dy instead of storing them.
+        for s0 in range(0, S, BLOCK_S):
+            s = s0 + tl.arange(0, BLOCK_S)
+            mask = c_mask[:, None] & (s < S)[None, :]
+            offs = ptr_c + s[None, :] * stride_s
+            n, dz = _normalised_and_dz(x_ptr, dy_ptr, offs, mask, emb, mean, rstd, k, d, HAS_EMB, SILU)
+            tl.store(dx_ptr + offs, rstd * (dz * k[:, None] - c1 - n * c2), mask=mask)
 
 
 def _geometry(x: torch.Tensor, num_groups: int) -> tuple:
@@ -265,7 +332,8 @@ def forward(x: torch.Tensor, weight, bias, emb, scale, shift, num_groups: int, e
     _group_norm_fwd_kernel[(x.shape[0] * num_groups,)](
         x, out, _or(weight, x), _or(bias, x), _or(emb, x), _or(scale, x), _or(shift, x), mean, rstd,
         C, S, stride_c, stride_s, cpg, num_groups, eps,
-        **_flags(weight, bias, emb, scale, shift, silu), BLOCK_C=block_c, BLOCK_S=block_s, num_warps=4,
+        **_flags(weight, bias, emb, scale, shift, silu), SINGLE_TILE=S <= block_s, BLOCK_C=block_c, BLOCK_S=block_s,
+        num_warps=4,
     )
 
 
@@ -277,5 +345,6 @@ def backward(dy: torch.Tensor, x: torch.Tensor, weight, bias, emb, scale, shift,
     _group_norm_bwd_kernel[(x.shape[0] * num_groups,)](
         x, dy, dx, _or(weight, x), _or(bias, x), _or(emb, x), _or(scale, x), _or(shift, x), mean, rstd,
         sum_dz, sum_dz_n, d_emb, C, S, stride_c, stride_s, cpg, num_groups,
-        **_flags(weight, bias, emb, scale, shift, silu), BLOCK_C=block_c, BLOCK_S=block_s, num_warps=8,
+        **_flags(weight, bias, emb, scale, shift, silu), SINGLE_TILE=S <= block_s, BLOCK_C=block_c, BLOCK_S=block_s,
+        num_warps=8,
     )

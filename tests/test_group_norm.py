@@ -20,6 +20,10 @@ CASES = [  # (shape, num_groups, channels_last)
     pytest.param((2, 64, 16, 16), 32, False, id="unet-32groups"),
     pytest.param((2, 64, 16, 16), 32, True, id="unet-32groups-channels_last"),
     pytest.param((3, 8, 10), 4, False, id="1d"),  # (B, C, L)
+    # 3 channels per group x 41 x 37 > one 4096-element tile: the two-pass streaming kernels, with
+    # a ragged last tile (the cases above each fit one tile and take the single-read path)
+    pytest.param((2, 6, 41, 37), 2, False, id="streaming"),
+    pytest.param((2, 6, 41, 37), 2, True, id="streaming-channels_last"),
 ]
 OPTIONS = ("weight", "bias", "emb", "scale", "shift")
 INPUTS = ("x",) + OPTIONS
@@ -131,6 +135,20 @@ def test_every_prologue_epilogue_activation_combination(impl, present, activatio
     assert grads.keys() == want_grads.keys()
     for name in grads:
         check(grads[name], want_grads[name], torch.float32, f"grad {name}")
+
+
+def test_cases_cover_both_triton_paths():
+    """CASES must reach the single-tile kernels and the streaming ones, or one path goes untested."""
+    from fastgen.kernels import group_norm as kernel
+
+    single = set()
+    for case in CASES:
+        shape, groups, channels_last = case.values
+        x = torch.empty(shape)
+        x = x.to(memory_format=torch.channels_last) if channels_last else x
+        S, block_s = kernel._geometry(x, groups)[1], kernel._geometry(x, groups)[6]
+        single.add(S <= block_s)
+    assert single == {True, False}
 
 
 @pytest.mark.parametrize("impl", impls())
