@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# The GPU session in a few calls: build, the whole test suite on CUDA, every benchmark, results
+# written where they can be committed. Written for a lent H100 / H200 (fastgen has never run on a
+# GPU; see benchmarks/results/README.md "Still to be measured on a GPU"), usable on any CUDA box.
+#
+#   bash benchmarks/gpu_session.sh STAGE [STAGE ...]      stages run in the order given
+#
+#   build    pip install -e . without build isolation: builds fastgen._C (csrc/*.cu) for this GPU;
+#            installs carried wheels first (.whl/*.whl: diffusers and importlib_metadata, which the
+#            tests and the U-Net benchmark compare with; see below). Every other stage needs it,
+#            and on a machine that starts bare each call must begin with it.
+#   tests    the README's test command on CUDA (Triton compiled, not interpreted), log kept
+#   kernels  the per-op comparisons: fastgen bench diffusion (main shape and >= 16M elements),
+#            GroupNorm, attention vs SDPA backends, sampler overhead, the GAN D step and penalty ops
+#   unet     the DDPM CIFAR-10 U-Net vs diffusers, batch 256, eager and compiled, fp32 and bf16
+#
+# Each stage is sized to finish well inside one 10-minute device call (unet the longest); call
+# e.g. `build tests`, then `build kernels`, then `build unet`. Output: $OUT (the device tool's
+# folder) or ./gpu_out — result CSV/JSON with provenance, logs — to copy into benchmarks/results/.
+#
+# Wheels for a machine that cannot reach a package index (run here, in the repo root):
+#   echo /.whl/ >> .git/info/exclude
+#   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#       --platform manylinux_2_28_x86_64 -d .whl diffusers==0.42.1 importlib_metadata
+# and carry `.whl` with the call.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT_DIR="${OUT:-$PWD/gpu_out}"
+mkdir -p "$OUT_DIR"
+export PYTHONUNBUFFERED=1
+LABEL="${FASTGEN_GPU_LABEL:-$(python3 -c 'import torch; print(torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU")' 2>/dev/null)}"
+status=0
+
+run() {  # run NAME CMD...: log to $OUT_DIR/NAME.log, keep going on failure, remember it
+  local name="$1"; shift
+  echo "=== $name: $*"
+  local start=$SECONDS
+  "$@" 2>&1 | tee "$OUT_DIR/$name.log"
+  local rc=${PIPESTATUS[0]}
+  echo "=== $name: rc=$rc in $((SECONDS - start)) s"
+  [ "$rc" -eq 0 ] || status=1
+}
+
+stage_build() {
+  if ls .whl/*.whl >/dev/null 2>&1; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+    export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
+  fi
+  run build env MAX_JOBS="${MAX_JOBS:-16}" python3 -m pip install -q --no-build-isolation --no-deps -e .
+  python3 -c "import fastgen, torch; from fastgen import _native; print('torch', torch.__version__, 'cuda ext:', _native.cuda_load_error() or 'loaded')"
+}
+
+stage_tests() {
+  run tests python3 -m pytest tests -q -p no:cacheprovider -rs --durations=15
+}
+
+stage_kernels() {
+  local results="$OUT_DIR/results"
+  run bench_diffusion fastgen bench diffusion --repeats 3 --out "$results" --label "$LABEL"
+  run bench_diffusion_16M fastgen bench diffusion --shape 64,4,256,256 --no-compile --repeats 3 --out "$results/16M" --label "$LABEL, 16.8M elements"
+  run bench_sampler_overhead python3 benchmarks/bench_sampler_overhead.py --out "$results" --label "$LABEL"
+  run bench_group_norm python3 -m pytest benchmarks/bench_group_norm.py --benchmark-only -q \
+      --benchmark-json "$results/pytest_group_norm.json"
+  run bench_attention python3 -m pytest benchmarks/bench_attention.py --benchmark-only -q \
+      --benchmark-json "$results/pytest_attention.json"
+  run gan_d_step python3 benchmarks/run_gan_d_step.py --device cuda --out "$results" --label "$LABEL"
+}
+
+stage_unet() {
+  run unet python3 benchmarks/run_unet.py --device cuda --out "$OUT_DIR/results" --label "$LABEL"
+}
+
+[ "$#" -gt 0 ] || { sed -n 2,25p "$0"; exit 2; }
+for stage in "$@"; do
+  case "$stage" in
+    build|tests|kernels|unet) "stage_$stage" ;;
+    *) echo "unknown stage '$stage' (build, tests, kernels, unet)"; exit 2 ;;
+  esac
+done
+exit $status
