@@ -55,6 +55,7 @@ def cuda_extension():
         "fastgen._C",
         sources=["csrc/bindings.cpp"] + sorted(glob.glob("csrc/*.cu")),
         include_dirs=[os.path.join(HERE, "csrc")],
+        depends=sorted(glob.glob("csrc/*.h") + glob.glob("csrc/*.cuh")),  # a header edit rebuilds
         extra_compile_args={"cxx": ["-O3", "-std=c++17"], "nvcc": nvcc_flags},
     )
     info = f"torch {torch.__version__}, CUDA {torch.version.cuda}, archs {os.environ['TORCH_CUDA_ARCH_LIST']}"

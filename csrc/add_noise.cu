@@ -6,17 +6,14 @@
 #include <cuda_bf16.h>
 #include <stdint.h>
 
+#include "float_convert.cuh"
 #include "launchers.h"
 #include "philox.h"
 
 namespace fastgen {
 
-__device__ __forceinline__ float load_f32(const float* p) { return *p; }
-__device__ __forceinline__ float load_f32(const __half* p) { return __half2float(*p); }
-__device__ __forceinline__ float load_f32(const __nv_bfloat16* p) { return __bfloat162float(*p); }
-__device__ __forceinline__ void store_f32(float* p, float v) { *p = v; }
-__device__ __forceinline__ void store_f32(__half* p, float v) { *p = __float2half_rn(v); }
-__device__ __forceinline__ void store_f32(__nv_bfloat16* p, float v) { *p = __float2bfloat16_rn(v); }
+template <typename T> __device__ __forceinline__ float load_f32(const T* p) { return to_f32(*p); }
+template <typename T> __device__ __forceinline__ void store_f32(T* p, float v) { *p = from_f32<T>(v); }
 
 // N elements of T moved as one 16-byte transaction.
 template <typename T, int N> struct alignas(16) Pack { T v[N]; };

@@ -118,6 +118,19 @@ float* float32_operand(const at::Tensor& t, const char* name, at::IntArrayRef sh
   return t.data_ptr<float>();
 }
 
+// The optional operands of the fused GroupNorm, checked: weight, bias (C,); emb, scale, shift (B, C).
+struct FusedOperands {
+  const void *w, *b, *e, *sc, *sh;
+  FusedOperands(const c10::optional<at::Tensor>& weight, const c10::optional<at::Tensor>& bias,
+                const c10::optional<at::Tensor>& emb, const c10::optional<at::Tensor>& scale,
+                const c10::optional<at::Tensor>& shift, const at::Tensor& x)
+      : w(optional_operand(weight, "weight", {x.size(1)}, x)),
+        b(optional_operand(bias, "bias", {x.size(1)}, x)),
+        e(optional_operand(emb, "emb", {x.size(0), x.size(1)}, x)),
+        sc(optional_operand(scale, "scale", {x.size(0), x.size(1)}, x)),
+        sh(optional_operand(shift, "shift", {x.size(0), x.size(1)}, x)) {}
+};
+
 void check_groups(const at::Tensor& x, int64_t num_groups) {
   TORCH_CHECK(num_groups > 0 && x.size(1) % num_groups == 0, "num_groups must be a positive divisor of the channel count ",
               x.size(1), ", got ", num_groups);
@@ -137,20 +150,16 @@ void group_norm_forward(const at::Tensor& x, const c10::optional<at::Tensor>& we
   check_groups(x, num_groups);
   const int64_t B = x.size(0), C = x.size(1), S = x.size(2) * x.size(3);
   const c10::cuda::CUDAGuard guard(x.device());
-  const void* w = optional_operand(weight, "weight", {C}, x);
-  const void* b = optional_operand(bias, "bias", {C}, x);
-  const void* e = optional_operand(emb, "emb", {B, C}, x);
-  const void* sc = optional_operand(scale, "scale", {B, C}, x);
-  const void* sh = optional_operand(shift, "shift", {B, C}, x);
+  const FusedOperands o(weight, bias, emb, scale, shift, x);
   float* m = float32_operand(mean, "mean", {B, num_groups}, x);
   float* r = float32_operand(rstd, "rstd", {B, num_groups}, x);
   const auto stream = c10::cuda::getCurrentCUDAStream();
   size_t bytes = 0;
-  check_status(fastgen::group_norm_forward_cuda(dtype_code(x), x.data_ptr(), w, b, e, sc, sh, out.data_ptr(), m, r, B, S,
+  check_status(fastgen::group_norm_forward_cuda(dtype_code(x), x.data_ptr(), o.w, o.b, o.e, o.sc, o.sh, out.data_ptr(), m, r, B, S,
                                                 C, num_groups, static_cast<float>(eps), silu, nullptr, &bytes, stream),
                "group_norm_forward");
   at::Tensor workspace = at::empty({static_cast<int64_t>(bytes)}, x.options().dtype(at::kByte));
-  check_status(fastgen::group_norm_forward_cuda(dtype_code(x), x.data_ptr(), w, b, e, sc, sh, out.data_ptr(), m, r, B, S,
+  check_status(fastgen::group_norm_forward_cuda(dtype_code(x), x.data_ptr(), o.w, o.b, o.e, o.sc, o.sh, out.data_ptr(), m, r, B, S,
                                                 C, num_groups, static_cast<float>(eps), silu, workspace.data_ptr(), &bytes,
                                                 stream),
                "group_norm_forward");
@@ -169,11 +178,7 @@ void group_norm_backward(const at::Tensor& dy, const at::Tensor& x, const c10::o
   check_groups(x, num_groups);
   const int64_t B = x.size(0), C = x.size(1), S = x.size(2) * x.size(3);
   const c10::cuda::CUDAGuard guard(x.device());
-  const void* w = optional_operand(weight, "weight", {C}, x);
-  const void* b = optional_operand(bias, "bias", {C}, x);
-  const void* e = optional_operand(emb, "emb", {B, C}, x);
-  const void* sc = optional_operand(scale, "scale", {B, C}, x);
-  const void* sh = optional_operand(shift, "shift", {B, C}, x);
+  const FusedOperands o(weight, bias, emb, scale, shift, x);
   const float* m = float32_operand(mean, "mean", {B, num_groups}, x);
   const float* r = float32_operand(rstd, "rstd", {B, num_groups}, x);
   float* s_dz = float32_operand(sum_dz, "sum_dz", {B, C}, x);
@@ -181,12 +186,12 @@ void group_norm_backward(const at::Tensor& dy, const at::Tensor& x, const c10::o
   float* s_emb = float32_operand(d_emb, "d_emb", {B, C}, x);
   const auto stream = c10::cuda::getCurrentCUDAStream();
   size_t bytes = 0;
-  check_status(fastgen::group_norm_backward_cuda(dtype_code(x), dy.data_ptr(), x.data_ptr(), w, b, e, sc, sh, m, r,
+  check_status(fastgen::group_norm_backward_cuda(dtype_code(x), dy.data_ptr(), x.data_ptr(), o.w, o.b, o.e, o.sc, o.sh, m, r,
                                                  dx.data_ptr(), s_dz, s_dzn, s_emb, B, S, C, num_groups, silu, nullptr,
                                                  &bytes, stream),
                "group_norm_backward");
   at::Tensor workspace = at::empty({static_cast<int64_t>(bytes)}, x.options().dtype(at::kByte));
-  check_status(fastgen::group_norm_backward_cuda(dtype_code(x), dy.data_ptr(), x.data_ptr(), w, b, e, sc, sh, m, r,
+  check_status(fastgen::group_norm_backward_cuda(dtype_code(x), dy.data_ptr(), x.data_ptr(), o.w, o.b, o.e, o.sc, o.sh, m, r,
                                                  dx.data_ptr(), s_dz, s_dzn, s_emb, B, S, C, num_groups, silu,
                                                  workspace.data_ptr(), &bytes, stream),
                "group_norm_backward");

@@ -43,6 +43,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "float_convert.cuh"
 #include "launchers.h"
 
 namespace fastgen {
@@ -58,14 +59,6 @@ constexpr int kRowBatchBwd = 2;
 // this is one tile; wider C is tiled in whole groups where possible.
 constexpr int64_t kMaxTile = 1024;
 constexpr int kWarps = kThreads / 32;
-
-__device__ __forceinline__ float to_f32(float v) { return v; }
-__device__ __forceinline__ float to_f32(__half v) { return __half2float(v); }
-__device__ __forceinline__ float to_f32(__nv_bfloat16 v) { return __bfloat162float(v); }
-template <typename T> __device__ __forceinline__ T from_f32(float v);
-template <> __device__ __forceinline__ float from_f32<float>(float v) { return v; }
-template <> __device__ __forceinline__ __half from_f32<__half>(float v) { return __float2half_rn(v); }
-template <> __device__ __forceinline__ __nv_bfloat16 from_f32<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
 
 // V adjacent channels moved as one V * sizeof(T)-byte transaction (at most 16 bytes).
 template <typename T, int V> struct alignas(sizeof(T) * V) Vec { T v[V]; };

@@ -12,19 +12,12 @@
 #include <math.h>
 #include <stdint.h>
 
+#include "float_convert.cuh"
 #include "launchers.h"
 #include "philox.h"
 
 namespace fastgen {
 namespace {
-
-__device__ __forceinline__ float to_f32(float v) { return v; }
-__device__ __forceinline__ float to_f32(__half v) { return __half2float(v); }
-__device__ __forceinline__ float to_f32(__nv_bfloat16 v) { return __bfloat162float(v); }
-template <typename T> __device__ __forceinline__ T from_f32(float v);
-template <> __device__ __forceinline__ float from_f32<float>(float v) { return v; }
-template <> __device__ __forceinline__ __half from_f32<__half>(float v) { return __float2half_rn(v); }
-template <> __device__ __forceinline__ __nv_bfloat16 from_f32<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
 
 // N elements of T loaded or stored as 16-byte transactions (N * sizeof(T) is a multiple of 16).
 template <typename T, int N> struct alignas(16) Pack { T v[N]; };
