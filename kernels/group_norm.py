@@ -48,10 +48,11 @@ def _load_h(x_ptr, offs, mask, emb, HAS_EMB: tl.constexpr):
 
 
 @triton.jit
-def _forward_coefficients(weight_ptr, bias_ptr, scale_ptr, shift_ptr, c, bc, c_mask, rstd,
+def _channel_coefficients(weight_ptr, bias_ptr, scale_ptr, shift_ptr, c, bc, c_mask, rstd,
                           HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_SCALE: tl.constexpr,
                           HAS_SHIFT: tl.constexpr, BLOCK_C: tl.constexpr):
-    """Per-channel (a, d) with z = (h - mean) * a + d: affine and scale/shift folded into one FMA."""
+    """Per-channel (a, d) with z = (h - mean) * a + d: affine and scale/shift folded into one FMA,
+    a = rstd * weight * (1 + scale), d = bias * (1 + scale) + shift."""
     a = tl.full((BLOCK_C,), 1.0, tl.float32) * rstd
     d = tl.zeros((BLOCK_C,), tl.float32)
     if HAS_WEIGHT:
@@ -129,7 +130,7 @@ def _group_norm_fwd_kernel(
         rstd = 1.0 / tl.sqrt(tl.sum(dev * dev) / count + eps)
         tl.store(mean_ptr + pid, mean)
         tl.store(rstd_ptr + pid, rstd)
-        a, d = _forward_coefficients(weight_ptr, bias_ptr, scale_ptr, shift_ptr, c, bc, c_mask, rstd,
+        a, d = _channel_coefficients(weight_ptr, bias_ptr, scale_ptr, shift_ptr, c, bc, c_mask, rstd,
                                      HAS_WEIGHT, HAS_BIAS, HAS_SCALE, HAS_SHIFT, BLOCK_C)
         tl.store(out_ptr + offs, _activate(dev * a[:, None] + d[:, None], SILU), mask=mask)
     else:
@@ -160,7 +161,7 @@ def _group_norm_fwd_kernel(
         tl.store(rstd_ptr + pid, rstd)
 
         # h - mean is taken as (h - pivot) - shifted_mean, which keeps the pivot's precision.
-        a, d = _forward_coefficients(weight_ptr, bias_ptr, scale_ptr, shift_ptr, c, bc, c_mask, rstd,
+        a, d = _channel_coefficients(weight_ptr, bias_ptr, scale_ptr, shift_ptr, c, bc, c_mask, rstd,
                                      HAS_WEIGHT, HAS_BIAS, HAS_SCALE, HAS_SHIFT, BLOCK_C)
 
         # Pass 2: normalise and store (the group was just read, so on a GPU this pass mostly hits L2).
@@ -242,21 +243,10 @@ def _group_norm_bwd_kernel(
     bc = b * C + c
     mean = tl.load(mean_ptr + pid)
     rstd = tl.load(rstd_ptr + pid)
-    # k = dz/dn per channel; z = n * k + d is needed only to differentiate the activation.
-    k = tl.where(c_mask, 1.0, 0.0)
-    d = tl.zeros((BLOCK_C,), tl.float32)
-    if HAS_WEIGHT:
-        k *= tl.load(weight_ptr + c, mask=c_mask, other=0.0).to(tl.float32)
-    if SILU:
-        if HAS_BIAS:
-            d += tl.load(bias_ptr + c, mask=c_mask, other=0.0).to(tl.float32)
-    if HAS_SCALE:
-        one_plus = 1.0 + tl.load(scale_ptr + bc, mask=c_mask, other=0.0).to(tl.float32)
-        k *= one_plus
-        d *= one_plus
-    if SILU:
-        if HAS_SHIFT:
-            d += tl.load(shift_ptr + bc, mask=c_mask, other=0.0).to(tl.float32)
+    # k = dz/dn per channel (the forward's a at rstd = 1); z = n * k + d is needed only to
+    # differentiate the activation.
+    k, d = _channel_coefficients(weight_ptr, bias_ptr, scale_ptr, shift_ptr, c, bc, c_mask, 1.0,
+                                 HAS_WEIGHT, HAS_BIAS and SILU, HAS_SCALE, HAS_SHIFT and SILU, BLOCK_C)
     emb = tl.zeros((BLOCK_C,), tl.float32)  # read only under HAS_EMB
     if HAS_EMB:
         emb = tl.load(emb_ptr + bc, mask=c_mask, other=0.0).to(tl.float32)
