@@ -399,16 +399,23 @@ def test_mode_coverage_benchmark_quick(tmp_path):
     spec.loader.exec_module(script)  # work sits under __main__: importing runs nothing
     threads = torch.get_num_threads()
     try:
-        assert script.main(["--quick", "--out", str(tmp_path)]) == 0
+        assert script.main(["--quick", "--seeds", "0,1", "--out", str(tmp_path)]) == 0
     finally:
         torch.set_num_threads(threads)
     with open(tmp_path / "gan_mode_coverage_cpu_quick.json") as f:
         result = json.load(f)
-    assert [r["run"] for r in result["rows"]] == ["ns", "wgan-gp", "ns+r1"]
-    assert [r["d_steps"] for r in result["rows"]] == [10, 50, 10]
-    assert all(len(r["counts"]) == 25 and r["num_modes"] == 25 for r in result["rows"])
+    rows = result["rows"]
+    # Every run on every seed, except the paper-defaults reference run: on the first seed only.
+    assert [(r["run"], r["seed"]) for r in rows] == [("ns", 0), ("ns", 1), ("ns+ema", 0), ("ns+ema", 1),
+                                                    ("wgan-gp", 0), ("wgan-gp", 1), ("ns+r1", 0), ("ns+r1", 1),
+                                                    ("wgan-gp-alg1", 0)]
+    assert [r["d_steps"] for r in rows] == [10, 10, 10, 10, 50, 50, 10, 10, 50]
+    assert [r["evaluated"] for r in rows] == ["G"] * 2 + ["ema"] * 6 + ["G"]
+    assert all(len(r["counts"]) == 25 and r["num_modes"] == 25 for r in rows)
+    assert [s["run"] for s in result["summary"]] == ["ns", "ns+ema", "wgan-gp", "ns+r1", "wgan-gp-alg1"]
+    assert result["summary"][0]["modes_covered"] == [rows[0]["modes_covered"], rows[1]["modes_covered"]]
     assert result["provenance"]["eval_samples"] == 2500
-    assert (tmp_path / "gan_mode_coverage_cpu_quick.csv").read_text().count("\n") == 4
+    assert (tmp_path / "gan_mode_coverage_cpu_quick.csv").read_text().count("\n") == 1 + len(rows)
 
 
 def test_dcgan_on_the_digits_with_r1(tmp_path):
