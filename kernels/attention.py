@@ -62,6 +62,19 @@ def _cast(x, dtype: tl.constexpr, INTERPRET_BF16: tl.constexpr):
 
 
 @triton.jit
+def _program_head(heads):
+    """(bh, b, h): the (batch * head) index of grid axis 1 and its batch and head, int64."""
+    bh = tl.program_id(1)
+    return bh, (bh // heads).to(tl.int64), (bh % heads).to(tl.int64)
+
+
+@triton.jit
+def _tile(ptr, b, h, stride_b, stride_h, stride_row, stride_d, rows, offs_d):
+    """Pointers of the [rows, D] tile of head (b, h) of a (B, H, L, D) tensor with those strides."""
+    return ptr + b * stride_b + h * stride_h + rows[:, None] * stride_row + offs_d[None, :] * stride_d
+
+
+@triton.jit
 def _fwd_kernel(
     q_ptr,  # (B, H, Lq, D) queries, float16 / bfloat16 / float32, strides below
     k_ptr,  # (B, H, Lk, D) keys, q's dtype
@@ -84,19 +97,15 @@ def _fwd_kernel(
     BLOCK_D: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
-    bh = tl.program_id(1)
-    b = (bh // heads).to(tl.int64)
-    h = (bh % heads).to(tl.int64)
+    bh, b, h = _program_head(heads)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
     mask_d = offs_d < head_dim
     mask_m = offs_m < seq_q
 
-    q_base = q_ptr + b * stride_qb + h * stride_qh
     k_base = k_ptr + b * stride_kb + h * stride_kh
-    v_base = v_ptr + b * stride_vb + h * stride_vh
-    q = tl.load(q_base + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd,
+    q = tl.load(_tile(q_ptr, b, h, stride_qb, stride_qh, stride_qm, stride_qd, offs_m, offs_d),
                 mask=mask_m[:, None] & mask_d[None, :], other=0.0)
 
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
@@ -115,14 +124,13 @@ def _fwd_kernel(
         alpha = tl.exp2(m_i - m_new)
         p = tl.exp2(s - m_new[:, None])
         l_i = l_i * alpha + tl.sum(p, 1)
-        v = tl.load(v_base + n[:, None] * stride_vn + offs_d[None, :] * stride_vd,
+        v = tl.load(_tile(v_ptr, b, h, stride_vb, stride_vh, stride_vn, stride_vd, n, offs_d),
                     mask=mask_n[:, None] & mask_d[None, :], other=0.0)
         acc = acc * alpha[:, None] + _mma(_cast(p, v.dtype, INTERPRET_BF16), v, DOT_PRECISION, INTERPRET_BF16)
         m_i = m_new
 
     acc = acc / l_i[:, None]
-    o_base = o_ptr + b * stride_ob + h * stride_oh
-    tl.store(o_base + offs_m[:, None] * stride_om + offs_d[None, :] * stride_od,
+    tl.store(_tile(o_ptr, b, h, stride_ob, stride_oh, stride_om, stride_od, offs_m, offs_d),
              _cast(acc, o_ptr.dtype.element_ty, INTERPRET_BF16), mask=mask_m[:, None] & mask_d[None, :])
     lse = (m_i + tl.log2(l_i)) / 1.4426950408889634  # back to natural log: LSE = log2-LSE * ln 2
     tl.store(lse_ptr + bh.to(tl.int64) * seq_q + offs_m, lse, mask=mask_m)
@@ -142,16 +150,14 @@ def _bwd_delta_kernel(
     BLOCK_D: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
-    bh = tl.program_id(1)
-    b = (bh // heads).to(tl.int64)
-    h = (bh % heads).to(tl.int64)
+    bh, b, h = _program_head(heads)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     mask = (offs_m < seq_q)[:, None] & (offs_d < head_dim)[None, :]
-    o = tl.load(o_ptr + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_om + offs_d[None, :] * stride_od,
+    o = tl.load(_tile(o_ptr, b, h, stride_ob, stride_oh, stride_om, stride_od, offs_m, offs_d),
                 mask=mask, other=0.0).to(tl.float32)
-    do = tl.load(do_ptr + b * stride_dob + h * stride_doh + offs_m[:, None] * stride_dom
-                 + offs_d[None, :] * stride_dod, mask=mask, other=0.0).to(tl.float32)
+    do = tl.load(_tile(do_ptr, b, h, stride_dob, stride_doh, stride_dom, stride_dod, offs_m, offs_d),
+                 mask=mask, other=0.0).to(tl.float32)
     tl.store(delta_ptr + bh.to(tl.int64) * seq_q + offs_m, tl.sum(o * do, 1), mask=offs_m < seq_q)
 
 
@@ -182,21 +188,15 @@ def _bwd_dkdv_kernel(
     BLOCK_D: tl.constexpr,
 ):
     pid_n = tl.program_id(0)
-    bh = tl.program_id(1)
-    b = (bh // heads).to(tl.int64)
-    h = (bh % heads).to(tl.int64)
+    bh, b, h = _program_head(heads)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_m = tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     mask_n = offs_n < seq_k
     mask_d = offs_d < head_dim
     mask_nd = mask_n[:, None] & mask_d[None, :]
-    k = tl.load(k_ptr + b * stride_kb + h * stride_kh + offs_n[:, None] * stride_kn + offs_d[None, :] * stride_kd,
-                mask=mask_nd, other=0.0)
-    v = tl.load(v_ptr + b * stride_vb + h * stride_vh + offs_n[:, None] * stride_vn + offs_d[None, :] * stride_vd,
-                mask=mask_nd, other=0.0)
-    q_base = q_ptr + b * stride_qb + h * stride_qh
-    do_base = do_ptr + b * stride_dob + h * stride_doh
+    k = tl.load(_tile(k_ptr, b, h, stride_kb, stride_kh, stride_kn, stride_kd, offs_n, offs_d), mask=mask_nd, other=0.0)
+    v = tl.load(_tile(v_ptr, b, h, stride_vb, stride_vh, stride_vn, stride_vd, offs_n, offs_d), mask=mask_nd, other=0.0)
     row_base = bh.to(tl.int64) * seq_q
     qk_scale = scale * 1.4426950408889634
 
@@ -206,8 +206,9 @@ def _bwd_dkdv_kernel(
         m = start_m + offs_m
         mask_m = m < seq_q
         mask_md = mask_m[:, None] & mask_d[None, :]
-        q = tl.load(q_base + m[:, None] * stride_qm + offs_d[None, :] * stride_qd, mask=mask_md, other=0.0)
-        do = tl.load(do_base + m[:, None] * stride_dom + offs_d[None, :] * stride_dod, mask=mask_md, other=0.0)
+        q = tl.load(_tile(q_ptr, b, h, stride_qb, stride_qh, stride_qm, stride_qd, m, offs_d), mask=mask_md, other=0.0)
+        do = tl.load(_tile(do_ptr, b, h, stride_dob, stride_doh, stride_dom, stride_dod, m, offs_d),
+                     mask=mask_md, other=0.0)
         lse2 = tl.load(lse_ptr + row_base + m, mask=mask_m, other=0.0) * 1.4426950408889634
         delta = tl.load(delta_ptr + row_base + m, mask=mask_m, other=0.0)
         # Transposed scores (keys x queries), so dV and dK come out as plain (non-transposed) dots.
@@ -219,9 +220,10 @@ def _bwd_dkdv_kernel(
         dst = pt * (dpt - delta[None, :])
         dk += _mma(_cast(dst, q.dtype, INTERPRET_BF16), q, DOT_PRECISION, INTERPRET_BF16)
 
-    g_offs = b * stride_gb + h * stride_gh + offs_n[:, None] * stride_gn + offs_d[None, :] * stride_gd
-    tl.store(dk_ptr + g_offs, _cast(dk * scale, dk_ptr.dtype.element_ty, INTERPRET_BF16), mask=mask_nd)
-    tl.store(dv_ptr + g_offs, _cast(dv, dv_ptr.dtype.element_ty, INTERPRET_BF16), mask=mask_nd)
+    tl.store(_tile(dk_ptr, b, h, stride_gb, stride_gh, stride_gn, stride_gd, offs_n, offs_d),
+             _cast(dk * scale, dk_ptr.dtype.element_ty, INTERPRET_BF16), mask=mask_nd)
+    tl.store(_tile(dv_ptr, b, h, stride_gb, stride_gh, stride_gn, stride_gd, offs_n, offs_d),
+             _cast(dv, dv_ptr.dtype.element_ty, INTERPRET_BF16), mask=mask_nd)
 
 
 @triton.jit
@@ -250,24 +252,19 @@ def _bwd_dq_kernel(
     BLOCK_D: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
-    bh = tl.program_id(1)
-    b = (bh // heads).to(tl.int64)
-    h = (bh % heads).to(tl.int64)
+    bh, b, h = _program_head(heads)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
     mask_m = offs_m < seq_q
     mask_d = offs_d < head_dim
     mask_md = mask_m[:, None] & mask_d[None, :]
-    q = tl.load(q_ptr + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qm + offs_d[None, :] * stride_qd,
-                mask=mask_md, other=0.0)
-    do = tl.load(do_ptr + b * stride_dob + h * stride_doh + offs_m[:, None] * stride_dom
-                 + offs_d[None, :] * stride_dod, mask=mask_md, other=0.0)
+    q = tl.load(_tile(q_ptr, b, h, stride_qb, stride_qh, stride_qm, stride_qd, offs_m, offs_d), mask=mask_md, other=0.0)
+    do = tl.load(_tile(do_ptr, b, h, stride_dob, stride_doh, stride_dom, stride_dod, offs_m, offs_d),
+                 mask=mask_md, other=0.0)
     row_base = bh.to(tl.int64) * seq_q
     lse2 = tl.load(lse_ptr + row_base + offs_m, mask=mask_m, other=0.0) * 1.4426950408889634
     delta = tl.load(delta_ptr + row_base + offs_m, mask=mask_m, other=0.0)
-    k_base = k_ptr + b * stride_kb + h * stride_kh
-    v_base = v_ptr + b * stride_vb + h * stride_vh
     qk_scale = scale * 1.4426950408889634
 
     dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
@@ -275,15 +272,15 @@ def _bwd_dq_kernel(
         n = start_n + offs_n
         mask_n = n < seq_k
         mask_nd = mask_n[:, None] & mask_d[None, :]
-        k = tl.load(k_base + n[:, None] * stride_kn + offs_d[None, :] * stride_kd, mask=mask_nd, other=0.0)
-        v = tl.load(v_base + n[:, None] * stride_vn + offs_d[None, :] * stride_vd, mask=mask_nd, other=0.0)
+        k = tl.load(_tile(k_ptr, b, h, stride_kb, stride_kh, stride_kn, stride_kd, n, offs_d), mask=mask_nd, other=0.0)
+        v = tl.load(_tile(v_ptr, b, h, stride_vb, stride_vh, stride_vn, stride_vd, n, offs_d), mask=mask_nd, other=0.0)
         s = _mma(q, tl.trans(k), DOT_PRECISION, INTERPRET_BF16) * qk_scale
         p = tl.where(mask_n[None, :], tl.exp2(s - lse2[:, None]), 0.0)  # keys past Lk carry no weight
         dp = _mma(do, tl.trans(v), DOT_PRECISION, INTERPRET_BF16)
         ds = p * (dp - delta[:, None])
         dq += _mma(_cast(ds, k.dtype, INTERPRET_BF16), k, DOT_PRECISION, INTERPRET_BF16)
 
-    tl.store(dq_ptr + b * stride_dqb + h * stride_dqh + offs_m[:, None] * stride_dqm + offs_d[None, :] * stride_dqd,
+    tl.store(_tile(dq_ptr, b, h, stride_dqb, stride_dqh, stride_dqm, stride_dqd, offs_m, offs_d),
              _cast(dq * scale, dq_ptr.dtype.element_ty, INTERPRET_BF16), mask=mask_md)
 
 

@@ -39,6 +39,27 @@ TILE = 4096
 
 
 @triton.jit
+def _group_program(emb_ptr, C, S, stride_c, channels_per_group, num_groups, HAS_EMB: tl.constexpr,
+                   BLOCK_C: tl.constexpr):
+    """This program's (sample, group): (pid, local channel index cl, its mask, the group's first
+    channel c0, the channels c, the sample's storage offset, the channels' storage offsets ptr_c
+    [BLOCK_C, 1], the (b, c) indices bc, and emb[b, c] in float32 (zeros without HAS_EMB))."""
+    pid = tl.program_id(0)
+    b = pid // num_groups
+    cl = tl.arange(0, BLOCK_C)
+    c_mask = cl < channels_per_group
+    c0 = (pid % num_groups) * channels_per_group
+    c = c0 + cl
+    sample = b.to(tl.int64) * C * S
+    ptr_c = sample + c.to(tl.int64)[:, None] * stride_c
+    bc = b * C + c
+    emb = tl.zeros((BLOCK_C,), tl.float32)
+    if HAS_EMB:
+        emb = tl.load(emb_ptr + bc, mask=c_mask, other=0.0).to(tl.float32)
+    return pid, cl, c_mask, c0, c, sample, ptr_c, bc, emb
+
+
+@triton.jit
 def _load_h(x_ptr, offs, mask, emb, HAS_EMB: tl.constexpr):
     """A [BLOCK_C, BLOCK_S] tile of h = x + emb in float32 (0 where masked before the emb add)."""
     h = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
@@ -103,18 +124,8 @@ def _group_norm_fwd_kernel(
     BLOCK_C: tl.constexpr,
     BLOCK_S: tl.constexpr,
 ):
-    pid = tl.program_id(0)
-    b = pid // num_groups
-    cl = tl.arange(0, BLOCK_C)
-    c_mask = cl < channels_per_group
-    c0 = (pid % num_groups) * channels_per_group  # the group's first channel
-    c = c0 + cl
-    sample = b.to(tl.int64) * C * S
-    ptr_c = sample + c.to(tl.int64)[:, None] * stride_c
-    bc = b * C + c
-    emb = tl.zeros((BLOCK_C,), tl.float32)  # read only under HAS_EMB
-    if HAS_EMB:
-        emb = tl.load(emb_ptr + bc, mask=c_mask, other=0.0).to(tl.float32)
+    pid, cl, c_mask, c0, c, sample, ptr_c, bc, emb = _group_program(
+        emb_ptr, C, S, stride_c, channels_per_group, num_groups, HAS_EMB, BLOCK_C)
 
     if SINGLE_TILE:
         # The whole group is one tile (the U-Net's groups at 32x32 and below): read x once, keep
@@ -233,23 +244,14 @@ def _group_norm_bwd_kernel(
     BLOCK_C: tl.constexpr,
     BLOCK_S: tl.constexpr,
 ):
-    pid = tl.program_id(0)
-    b = pid // num_groups
-    cl = tl.arange(0, BLOCK_C)
-    c_mask = cl < channels_per_group
-    c = (pid % num_groups) * channels_per_group + cl
-    sample = b.to(tl.int64) * C * S
-    ptr_c = sample + c.to(tl.int64)[:, None] * stride_c
-    bc = b * C + c
+    pid, cl, c_mask, c0, c, sample, ptr_c, bc, emb = _group_program(
+        emb_ptr, C, S, stride_c, channels_per_group, num_groups, HAS_EMB, BLOCK_C)
     mean = tl.load(mean_ptr + pid)
     rstd = tl.load(rstd_ptr + pid)
     # k = dz/dn per channel (the forward's a at rstd = 1); z = n * k + d is needed only to
     # differentiate the activation.
     k, d = _channel_coefficients(weight_ptr, bias_ptr, scale_ptr, shift_ptr, c, bc, c_mask, 1.0,
                                  HAS_WEIGHT, HAS_BIAS and SILU, HAS_SCALE, HAS_SHIFT and SILU, BLOCK_C)
-    emb = tl.zeros((BLOCK_C,), tl.float32)  # read only under HAS_EMB
-    if HAS_EMB:
-        emb = tl.load(emb_ptr + bc, mask=c_mask, other=0.0).to(tl.float32)
     inv_n = 1.0 / (channels_per_group * S * 1.0)  # * 1.0: both may be specialised to constexpr 1
 
     if SINGLE_TILE:
