@@ -226,6 +226,17 @@ def test_first_order_runs_the_kernel_and_second_order_the_reference(impl, monkey
     assert len(calls) == 1 and g.requires_grad
 
 
+def assert_compiles_like_eager(block, x):
+    """torch.compile(fullgraph=True) of ``block`` gives eager's output and gradient w.r.t. x."""
+    compiled = torch.compile(block, fullgraph=True, backend="aot_eager")
+    got = compiled(x)
+    (got_grad,) = torch.autograd.grad(got.sum(), x)
+    want = block(x)
+    (want_grad,) = torch.autograd.grad(want.sum(), x)
+    assert_close(got, want)
+    assert_close(got_grad, want_grad, atol=1e-4)
+
+
 @pytest.mark.parametrize("impl", impls())
 def test_compile_fullgraph_forward_and_backward(impl):
     x, opts = make_inputs((2, 4, 3, 3), True, torch.float32)
@@ -235,13 +246,7 @@ def test_compile_fullgraph_forward_and_backward(impl):
         return group_norm(x, 2, opts["weight"], opts["bias"], emb=opts["emb"], scale=opts["scale"],
                           shift=opts["shift"], activation="silu", impl=impl) * 2
 
-    compiled = torch.compile(block, fullgraph=True, backend="aot_eager")
-    out = compiled(x)
-    (grad,) = torch.autograd.grad(out.sum(), x)
-    want = block(x)
-    (want_grad,) = torch.autograd.grad(want.sum(), x)
-    assert_close(out, want)
-    assert_close(grad, want_grad, atol=1e-4)
+    assert_compiles_like_eager(block, x)
 
 
 def test_float64_runs_reference_and_explicit_triton_refuses():
@@ -523,13 +528,7 @@ def test_cuda_opcheck_and_compile_fullgraph():
         return group_norm(x, 2, *operands[:2], emb=operands[2], scale=operands[3], shift=operands[4],
                           activation="silu", impl="cuda") * 2
 
-    compiled = torch.compile(block, fullgraph=True, backend="aot_eager")
-    got = compiled(x)
-    (got_grad,) = torch.autograd.grad(got.sum(), x)
-    want = block(x)
-    (want_grad,) = torch.autograd.grad(want.sum(), x)
-    assert_close(got, want)
-    assert_close(got_grad, want_grad, atol=1e-4)
+    assert_compiles_like_eager(block, x)
 
 
 @needs_cuda_kernel

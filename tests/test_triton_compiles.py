@@ -23,7 +23,10 @@ def _ptxas_missing() -> str | None:
     return None if os.path.exists(path) else f"triton's ptxas is missing ({path})"
 
 
-@pytest.mark.skipif(_ptxas_missing() is not None, reason=str(_ptxas_missing()))
+PTXAS_MISSING = _ptxas_missing()
+
+
+@pytest.mark.skipif(PTXAS_MISSING is not None, reason=str(PTXAS_MISSING))
 def test_every_triton_launch_compiles_for_sm90_within_limits(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["TRITON_CACHE_DIR"] = str(tmp_path / "triton-cache")  # compile for real, not from a cache
