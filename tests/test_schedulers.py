@@ -2,6 +2,7 @@
 per-step parity on shared inputs with the same generator stream, whole loops, from_config,
 diffusers pipelines with a tiny UNet, the output objects, errors and NaN."""
 import copy
+import inspect
 
 import pytest
 import torch
@@ -252,7 +253,8 @@ def test_from_config_of_a_diffusers_scheduler():
     ddpm_config = diffusers.DDPMScheduler(variance_type="fixed_large", beta_end=0.03).config
     ours = fd.DDIMScheduler.from_config(ddpm_config, clip_sample=False)
     assert ours.config.beta_end == 0.03 and ours.config.clip_sample is False
-    assert "variance_type" not in ours.config
+    # DDPM's own keys stay in the config, unused, for later conversions (as diffusers keeps them)
+    assert ours.config.variance_type == "fixed_large" and "variance_type" not in inspect.signature(fd.DDIMScheduler).parameters
     dpm = fd.DPMSolverMultistepScheduler.from_config(dict(ddpm_config), solver_order=1)
     assert dpm.config.solver_order == 1 and dpm.order == 1
     with pytest.raises(TypeError):
@@ -291,7 +293,9 @@ def test_low_precision_steps(kind, dtype):
 def test_save_and_load_config_round_trip(tmp_path):
     ours = fd.DDIMScheduler(beta_schedule="scaled_linear", prediction_type="v_prediction", steps_offset=1)
     ours.save_pretrained(tmp_path)
-    assert fd.DDIMScheduler.from_pretrained(tmp_path).config == ours.config
+    loaded = fd.DDIMScheduler.from_pretrained(tmp_path).config
+    assert {k: v for k, v in loaded.items() if not k.startswith("_")} == {k: v for k, v in ours.config.items()
+                                                                          if not k.startswith("_")}
     theirs = diffusers.DDIMScheduler.from_pretrained(tmp_path)  # diffusers reads what fastgen wrote
     assert theirs.config.prediction_type == "v_prediction" and theirs.config.steps_offset == 1
     step_parity(fd.DDIMScheduler.from_pretrained(tmp_path), theirs, 3)
@@ -326,7 +330,7 @@ def test_diffusers_pipeline_with_fastgen_scheduler(kind):
 
 
 @pytest.mark.parametrize("cls", [fd.DDPMScheduler, fd.DDIMScheduler])
-def test_outputs_tuple_lazy_x0_and_inference_mode(cls):
+def test_outputs_tuple_and_x0(cls):
     sched = cls()
     sched.set_timesteps(5)
     x = torch.randn(SHAPE)
@@ -337,18 +341,20 @@ def test_outputs_tuple_lazy_x0_and_inference_mode(cls):
     torch.manual_seed(7)
     prev, x0 = sched.step(m, t, x, return_dict=False)
     assert torch.equal(out.prev_sample, prev) and torch.equal(out[0], prev) and torch.equal(out["prev_sample"], prev)
-    close(out.pred_original_sample, x0, "lazy x0")
+    assert torch.equal(out.pred_original_sample, x0)
     assert out.pred_original_sample.dtype == x.dtype and len(out) == 2 and out.keys() == ("prev_sample", "pred_original_sample")
-    # the lazy x0 refuses to read inputs that changed after the step
-    late = sched.step(m, t, x)
-    m.add_(1.0)
-    with pytest.raises(RuntimeError, match="modified in place"):
-        late.pred_original_sample
-    with torch.inference_mode():  # no version counters there: x0 is computed in the step
-        xi, mi = x.clone(), fake_model(x, t)
-        got = sched.step(mi, t, xi)
-        mi.add_(1.0)
-        close(got.pred_original_sample, x0, "inference-mode x0")
+    # x0 is computed in the step: writing into the inputs afterwards, even through .data (which
+    # bumps no version counter), cannot change it
+    expected = out.pred_original_sample.clone()
+    x.data.add_(5.0)
+    m.data.add_(5.0)
+    assert torch.equal(out.pred_original_sample, expected)
+    with torch.inference_mode():
+        got = sched.step(fake_model(x, t), t, x)
+    assert got.pred_original_sample is not None
+    # opting out skips x0's write pass (fd.sample does, on its private copy)
+    sched.compute_pred_original_sample = False
+    assert sched.step(m, t, x).pred_original_sample is None
 
 
 def test_dpm_output_is_a_1_tuple():
@@ -416,17 +422,14 @@ def test_bad_input_errors():
         fd.DPMSolverMultistepScheduler(algorithm_type="dpm")
     with pytest.raises(NotImplementedError, match="thresholding"):
         fd.DDIMScheduler(thresholding=True)
-    with pytest.raises(NotImplementedError, match="solver_order=3"):
-        fd.DPMSolverMultistepScheduler(solver_order=3)
-    with pytest.raises(NotImplementedError, match="use_karras_sigmas"):
-        fd.DPMSolverMultistepScheduler(use_karras_sigmas=True)
     with pytest.raises(NotImplementedError, match="dpmsolver"):
         fd.DPMSolverMultistepScheduler(algorithm_type="dpmsolver", final_sigmas_type="sigma_min")
     x = torch.randn(SHAPE)
     for cls in [fd.DDPMScheduler, fd.DDIMScheduler, fd.DPMSolverMultistepScheduler]:
         sched = cls()
-        with pytest.raises(ValueError, match="before set_timesteps"):
-            sched.step(x, 10, x)
+        if cls is not fd.DDPMScheduler:  # DDPM steps over the training timesteps (test_ddpm_step_without_set_timesteps)
+            with pytest.raises(ValueError, match="before set_timesteps"):
+                sched.step(x, 10, x)
         with pytest.raises(ValueError, match=r"num_inference_steps must lie in \[1, num_train_timesteps=1000\]"):
             sched.set_timesteps(0)
         with pytest.raises(ValueError, match="num_inference_steps must lie in"):

@@ -71,7 +71,7 @@ def test_ddpm_cifar10_outputs_equal_diffusers():
     converted = UNet.from_diffusers(ref)
     assert not converted.training
     assert all(torch.equal(a, b) for a, b in zip(converted.state_dict().values(), ours.state_dict().values()))
-    from fastgen.accelerate import accelerate
+    from fastgen import accelerate
     with accelerate(ref) as handle, torch.no_grad():  # the same model with fastgen's fused layers swapped in
         assert handle.counts["resnet"] == 22 and handle.counts["attention_processor"] == 6
         assert_close(ref(x, t).sample, expected, atol=1e-5, rtol=1e-4, name="accelerated diffusers model")
@@ -204,10 +204,10 @@ def test_bad_input():
         m(torch.zeros(2, 3, 8, 8, dtype=torch.int64), 0)
 
 
-# ---- fastgen.accelerate: swapping fused layers into a diffusers UNet2DModel ----
+# ---- fastgen.accelerate (fastgen/acceleration.py): swapping fused layers into a diffusers UNet2DModel ----
 
 def test_accelerate_diffusers_unet_in_place_and_undo(monkeypatch):
-    import fastgen.accelerate as acc
+    import fastgen.acceleration as acc
     import fastgen.nn.norm as norm_module
     from torch import nn
 
@@ -266,7 +266,7 @@ def test_accelerate_diffusers_unet_in_place_and_undo(monkeypatch):
 def test_accelerate_resnet_block_trains_the_same(mode):
     from diffusers.models.resnet import ResnetBlock2D
 
-    from fastgen.accelerate import accelerate
+    from fastgen import accelerate
     block = randomize(ResnetBlock2D(in_channels=16, out_channels=32, temb_channels=8, groups=4,
                                     time_embedding_norm=mode)).train()
     x, temb = torch.randn(2, 16, 6, 6), torch.randn(2, 8)
@@ -284,7 +284,7 @@ def test_accelerate_resnet_block_trains_the_same(mode):
 def test_accelerate_fastgen_unet_and_plain_modules():
     from torch import nn
 
-    from fastgen.accelerate import accelerate
+    from fastgen import accelerate
     from fastgen.nn import GroupNormAct
     unet = small_unet().eval()
     x = torch.randn(1, 3, 8, 8)

@@ -23,6 +23,7 @@ share counters); any other scheduler, and any scheduler on CPU, gets that device
 from __future__ import annotations
 
 import collections
+import contextlib
 import inspect
 import logging
 from typing import Callable
@@ -55,7 +56,9 @@ def philox_seed(seed: int) -> int:
 
 def is_fastgen_scheduler(scheduler: object) -> bool:
     """A fastgen drop-in scheduler (or a subclass): its ``step`` does no host synchronisation."""
-    return any(c.__module__.startswith("fastgen.diffusion.scheduling") for c in type(scheduler).__mro__)
+    from .scheduling_base import SchedulerBase
+
+    return isinstance(scheduler, SchedulerBase)
 
 
 def should_capture(cuda_graph, device: torch.device, fastgen_scheduler: bool, has_generator: bool,
@@ -150,7 +153,14 @@ def _model_caller(model) -> Callable:
     diffusers_model = _is_diffusers_model(model)
 
     def call(x, t, kwargs):
-        out = model(x, t if diffusers_model else t.expand(x.shape[0]), **kwargs)
+        try:
+            out = model(x, t if diffusers_model else t.expand(x.shape[0]), **kwargs)
+        except Exception as e:
+            if not diffusers_model:
+                e.add_note("fastgen.diffusion.sample calls model(x_t, t) with t a (B,) tensor, one timestep per "
+                           "sample; for a model that takes one scalar timestep pass "
+                           "`lambda x, t, **kw: model(x, t[0], **kw)`")
+            raise
         if isinstance(out, torch.Tensor):
             return out
         if hasattr(out, "sample"):  # diffusers' UNet2DOutput and friends
@@ -212,7 +222,26 @@ def _private_copy(scheduler):
     private = type(scheduler).from_config(scheduler.config)
     if "impl" in vars(scheduler):
         private.impl = scheduler.impl
+    private.compute_pred_original_sample = False  # the loop reads prev_sample only
     return private
+
+
+@contextlib.contextmanager
+def _prev_sample_only(scheduler):
+    """Within the block a fastgen scheduler skips pred_original_sample (one write pass a step)."""
+    if not is_fastgen_scheduler(scheduler):
+        yield
+        return
+    had = "compute_pred_original_sample" in vars(scheduler)
+    before = scheduler.compute_pred_original_sample
+    scheduler.compute_pred_original_sample = False
+    try:
+        yield
+    finally:
+        if had:
+            scheduler.compute_pred_original_sample = before
+        else:
+            del scheduler.compute_pred_original_sample
 
 
 class _GraphLoop:
@@ -400,7 +429,8 @@ def sample(model, scheduler, shape, *, num_inference_steps: int = 50, generator=
         if kernel_seed is not None:
             scheduler.set_noise_seed(kernel_seed)  # pins it: set_timesteps restarts the stream from it
         _set_timesteps(scheduler, num_inference_steps, device)
-        return _run_loop(_model_caller(model), scheduler, x, model_kwargs, step_generator, bar)
+        with _prev_sample_only(scheduler):
+            return _run_loop(_model_caller(model), scheduler, x, model_kwargs, step_generator, bar)
     finally:
         if bar is not None:
             bar.close()

@@ -12,11 +12,6 @@ each noisy step (an in-place add, so a captured CUDA graph draws fresh noise on 
 """
 from __future__ import annotations
 
-import inspect
-import json
-from collections.abc import Mapping
-from pathlib import Path
-
 import numpy as np
 import torch
 
@@ -27,46 +22,19 @@ from ..ops.sampling_step import PM, PX
 from ..ops.step_coefficients import PREDICTION_TYPES
 from . import schedules
 from .._layout import per_sample
+from .scheduler_config import _SCHEDULERS, ConfigurableScheduler, SchedulerConfig, diffusers_bases
 
-CONFIG_NAME = "scheduler_config.json"
-
-
-class SchedulerConfig(dict):
-    """The constructor arguments, read-only, with attribute access (like diffusers' FrozenDict)."""
-
-    def __getattr__(self, name):
-        try:
-            return self[name]
-        except KeyError:
-            raise AttributeError(f"the scheduler config has no {name!r}") from None
-
-    def _frozen(self, *args, **kwargs):
-        raise TypeError("a scheduler config is read-only; build a new scheduler with from_config(config, **changes)")
-
-    __setattr__ = __setitem__ = __delitem__ = update = pop = setdefault = clear = _frozen
-
-    def __reduce__(self):  # copy / deepcopy / pickle rebuild it whole instead of item by item
-        return (type(self), (dict(self),))
+__all__ = ["SchedulerBase", "SchedulerOutput", "SchedulerConfig"]
 
 
 class SchedulerOutput:
     """``prev_sample`` (x_{t-1}) and, for DDPM/DDIM, ``pred_original_sample`` (x0). Indexes like
-    diffusers' outputs: ``out[0]``, ``out["prev_sample"]``, ``out.to_tuple()``.
-
-    x0 costs a full write pass, so unless the step computed it already it is computed on first
-    access, from the step's inputs; if those were modified in place since, access raises.
-    """
+    diffusers' outputs: ``out[0]``, ``out["prev_sample"]``, ``out.to_tuple()``."""
 
     def __init__(self, prev_sample: torch.Tensor, pred_original_sample=None, *, has_x0: bool = False):
         self.prev_sample = prev_sample
-        self._x0 = pred_original_sample
+        self.pred_original_sample = pred_original_sample
         self._has_x0 = has_x0 or pred_original_sample is not None
-
-    @property
-    def pred_original_sample(self):
-        if callable(self._x0):
-            self._x0 = self._x0()
-        return self._x0
 
     def keys(self):
         return ("prev_sample", "pred_original_sample") if self._has_x0 else ("prev_sample",)
@@ -91,37 +59,10 @@ class SchedulerOutput:
         return f"{type(self).__name__}(prev_sample={tuple(self.prev_sample.shape)}, keys={self.keys()})"
 
 
-def lazy_x0(sample: torch.Tensor, model_output: torch.Tensor, coefs: torch.Tensor, index: torch.Tensor,
-            clip_range: float | None, dtype: torch.dtype):
-    """x0 = clamp(PX x + PM m) later, from the row ``coefs[index]`` (device tensors: no sync).
-
-    The inputs' version counters are checked at access, so an in-place change of ``sample`` or
-    ``model_output`` after the step raises instead of silently giving a wrong x0. Inference-mode
-    tensors keep no version counter: for them the caller computes x0 in the step instead.
-    """
-    versions = (sample._version, model_output._version)
-
-    def compute():
-        if (sample._version, model_output._version) != versions:
-            raise RuntimeError("pred_original_sample cannot be computed: the step's sample or model_output was modified "
-                               "in place after the step; read it before that, or call step(..., return_dict=False)")
-        acc = torch.promote_types(sample.dtype, torch.float32)  # float32 math, as the kernels do
-        rows = coefs[index.expand(sample.shape[0])].to(acc)
-        x0 = per_sample(rows[:, PX], sample) * sample.to(acc) + per_sample(rows[:, PM], sample) * model_output.to(acc)
-        if clip_range is not None:
-            x0 = x0.clamp(-clip_range, clip_range)
-        return x0.to(dtype)
-
-    return compute
-
-
-def can_defer(*tensors: torch.Tensor) -> bool:
-    """Whether x0 can be computed lazily (safe only where version counters exist)."""
-    return not any(t.is_inference() for t in tensors)
-
-
-class SchedulerBase:
-    """Config handling, device caches and the noise source shared by the schedulers."""
+class SchedulerBase(ConfigurableScheduler, *diffusers_bases()):
+    """Device caches, the noise source and the fused step shared by the schedulers; configuration
+    as diffusers' ConfigMixin (:mod:`fastgen.diffusion.scheduler_config`). Where diffusers is
+    installed this is also a diffusers ``SchedulerMixin``, so pipelines accept and save it."""
 
     order = 1
     init_noise_sigma = 1.0
@@ -130,53 +71,24 @@ class SchedulerBase:
     # diffusers does, so torch.manual_seed reproduces diffusers); "philox" uses the in-kernel stream
     # of the accelerators, so one seed gives the same samples on CPU and GPU (to float rounding).
     cpu_noise = "randn"
+    # pred_original_sample costs a float32 write pass per step; fd.sample, which never reads it,
+    # turns it off on its private copy. Off, steps return pred_original_sample=None.
+    compute_pred_original_sample = True
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if cls.__module__.startswith("fastgen.diffusion.scheduling_"):
+            # saved pipelines name the class by module: name the package, which exports it, so
+            # moving a scheduler between files never breaks a saved model_index.json
+            cls.__module__ = "fastgen.diffusion"
+        _SCHEDULERS.append(cls)
 
     def _register_config(self, args: dict) -> None:
-        self._config = SchedulerConfig({k: v for k, v in args.items() if k not in ("self", "__class__")})
+        super()._register_config(args)
         self._device_cache: dict = {}
         self._noise_seed: int | None = None  # pinned by set_noise_seed
         self._noise_state: torch.Tensor | None = None
         self.num_inference_steps = None
-
-    @property
-    def config(self) -> SchedulerConfig:
-        return self._config
-
-    @classmethod
-    def from_config(cls, config=None, **overrides):
-        """Build from a config mapping (a diffusers scheduler's ``.config`` works) plus overrides.
-
-        Keys this scheduler's constructor does not take (``_class_name``, other schedulers' options)
-        are ignored, as diffusers ignores them; an override it does not take is a TypeError.
-        """
-        if config is None:
-            config = {}
-        if not isinstance(config, Mapping):
-            raise TypeError(f"config must be a mapping (e.g. a scheduler's .config), got {type(config).__name__}")
-        params = inspect.signature(cls.__init__).parameters
-        kwargs = {k: v for k, v in config.items() if k in params and k != "self"}
-        kwargs.update(overrides)
-        return cls(**kwargs)
-
-    @classmethod
-    def from_pretrained(cls, path, subfolder: str | None = None, **overrides):
-        """Build from a local ``scheduler_config.json`` (a directory holding it, or the file)."""
-        path = Path(path)
-        if subfolder:
-            path = path / subfolder
-        if path.is_dir():
-            path = path / CONFIG_NAME
-        with open(path) as f:
-            return cls.from_config(json.load(f), **overrides)
-
-    def save_pretrained(self, save_directory) -> None:
-        """Write ``scheduler_config.json`` naming diffusers' class of the same name, so diffusers'
-        ``from_pretrained`` loads it too."""
-        directory = Path(save_directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        config = {"_class_name": type(self).__name__, **self.config}
-        with open(directory / CONFIG_NAME, "w") as f:
-            json.dump(config, f, indent=2, sort_keys=True, default=lambda v: v.tolist())
 
     def __len__(self) -> int:
         return self.config.num_train_timesteps
@@ -204,7 +116,13 @@ class SchedulerBase:
         """(row index on ``device``, the timestep as an int where it is known on the host, else None).
 
         An int or a one-element CPU tensor is range-checked and turned into a cached device index;
-        any other integer tensor is the index itself (no host synchronisation)."""
+        any other integer tensor is the index itself (no host synchronisation). A bool or a
+        floating timestep is a TypeError (diffusers fails on them too, less clearly)."""
+        if isinstance(timestep, (bool, np.bool_)) or (isinstance(timestep, torch.Tensor)
+                                                      and (timestep.dtype == torch.bool or timestep.is_floating_point()
+                                                           or timestep.is_complex())):
+            what = timestep.dtype if isinstance(timestep, torch.Tensor) else type(timestep).__name__
+            raise TypeError(f"timestep must be an int or an integer tensor (a value of scheduler.timesteps), got {what}")
         if isinstance(timestep, (int, np.integer)) or (isinstance(timestep, torch.Tensor)
                                                        and timestep.device.type == "cpu" and timestep.numel() == 1):
             t = int(timestep)
@@ -217,19 +135,15 @@ class SchedulerBase:
 
     def _fused_step(self, model_output: torch.Tensor, sample: torch.Tensor, coefs: torch.Tensor,
                     index: torch.Tensor, noise_args: dict, return_dict: bool):
-        """The fused update with this scheduler's clipping, then (prev_sample, pred_original_sample):
-        x0 is computed lazily (on first access) where that is safe, so a loop that never reads it
-        never pays for it."""
+        """The fused update with this scheduler's clipping, then (prev_sample, pred_original_sample).
+        x0 is written by the same kernel pass unless ``compute_pred_original_sample`` is off."""
         clip = self.config.clip_sample_range if self.config.clip_sample else None
-        eager = not return_dict or not can_defer(sample, model_output)
-        out, x0 = sampling_step(sample, model_output, coefs, index, clip_range=clip, return_x0=eager,
+        want_x0 = self.compute_pred_original_sample
+        out, x0 = sampling_step(sample, model_output, coefs, index, clip_range=clip, return_x0=want_x0,
                                 impl=self.impl, **noise_args)
         self._after_noise(noise_args, sample.numel())
-        if eager:
+        if x0 is not None:
             x0 = x0.to(model_output.dtype)
-        else:
-            x0 = lazy_x0(sample, model_output, coefs, index if index.dim() else index.reshape(1), clip,
-                         model_output.dtype)
         if not return_dict:
             return out, x0
         return SchedulerOutput(out, x0, has_x0=True)

@@ -38,8 +38,10 @@ class DDPMScheduler(SchedulerBase):
         self._init_schedule(num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas, prediction_type,
                             timestep_spacing, rescale_betas_zero_snr)
         self.variance_type = variance_type
-        self.timesteps = torch.arange(num_train_timesteps - 1, -1, -1, dtype=torch.int64)
         self._num_rows = num_train_timesteps
+        # before set_timesteps, step walks every training timestep (t -> t - 1), as diffusers' does
+        self._use_timesteps(np.arange(num_train_timesteps - 1, -1, -1, dtype=np.int64), None)
+        self.num_inference_steps = None
 
     def set_timesteps(self, num_inference_steps: int | None = None, device=None, timesteps=None) -> None:
         """Timesteps as diffusers spaces them (``timestep_spacing``, ``steps_offset``), or custom
@@ -57,7 +59,12 @@ class DDPMScheduler(SchedulerBase):
             if ts.max() >= T:
                 raise ValueError(f"steps_offset={self.config.steps_offset} pushes timestep {ts.max()} past "
                                  f"num_train_timesteps={T}")
+        self._use_timesteps(ts, device)
         self.num_inference_steps = len(ts)
+
+    def _use_timesteps(self, ts: np.ndarray, device) -> None:
+        """Publish descending timesteps ``ts`` and build the table (on ``device`` when given)."""
+        T = self.config.num_train_timesteps
         # row t jumps to the largest scheduled timestep below t (diffusers' previous_timestep for
         # scheduled t; any other t gets the same rule instead of an error)
         below = np.searchsorted(ts[::-1], np.arange(T), side="left") - 1
@@ -94,7 +101,6 @@ class DDPMScheduler(SchedulerBase):
         any device; a device tensor indexes the table on the device. Noise is drawn where diffusers
         draws it (t > 0), from ``variance_noise``, ``generator`` or the scheduler's own source.
         Returns :class:`SchedulerOutput` (``prev_sample``, ``pred_original_sample``) or a tuple."""
-        self._require_timesteps()
         device = sample.device
         coefs = self._on("coefs", self._coefs, device)
         index, t_host = self._timestep_index(timestep, device)

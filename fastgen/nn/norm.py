@@ -2,7 +2,7 @@
 
 :class:`GroupNormAct` is the nn.Module face of :func:`fastgen.ops.group_norm.group_norm`: it holds
 the affine parameters under the names ``weight`` and ``bias``, exactly as ``torch.nn.GroupNorm``
-does, so a state dict written for one loads into the other, and :mod:`fastgen.accelerate` can swap
+does, so a state dict written for one loads into the other, and :func:`fastgen.accelerate` can swap
 one for the other while sharing the very same ``Parameter`` objects.
 """
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """Swap fastgen's fused layers into an existing model, in place and undoably.
 
-    handle = fastgen.accelerate.accelerate(unet)     # a diffusers UNet2DModel, fastgen's UNet, any nn.Module
+    handle = fastgen.accelerate(unet)                # a diffusers UNet2DModel, fastgen's UNet, any nn.Module
     ...                                              # same outputs (within float rounding), faster where
-    handle.undo()                                    # fused kernels exist; or fastgen.accelerate.restore(unet)
+    handle.undo()                                    # fused kernels exist; or fastgen.restore(unet)
 
 What is swapped (fastgen never imports diffusers; its classes are recognised by name and module):
 
@@ -191,7 +191,7 @@ def accelerate(model: nn.Module, *, attention_processors: bool = True) -> Accele
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if model in _HANDLES:
         raise ValueError("model is already accelerated; call .undo() on its handle "
-                         "(or fastgen.accelerate.restore) first")
+                         "(or fastgen.restore) first")
     handle = AccelerateHandle(model)
     for module in list(model.modules()):
         if _is_diffusers(module, "ResnetBlock2D"):
