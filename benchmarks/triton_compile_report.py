@@ -130,9 +130,15 @@ def cases(quick: bool):
         def step(x=x):
             coefs, index = torch.rand(10, ops.NUM_COEFS), torch.randint(0, 10, (4,))
             ops.sampling_step(x, torch.randn_like(x), coefs, index, impl="triton")
-            ops.sampling_step(x, torch.randn_like(x), coefs, index, prev_x0=torch.randn_like(x), seed=2,
-                              clip_range=1.0, return_x0=True, impl="triton")
+            ops.sampling_step(x, torch.randn_like(x), coefs, index, history=(torch.randn_like(x, dtype=torch.float32),),
+                              seed=2, clip_range=1.0, return_state=True, impl="triton")
             ops.sampling_step(x, torch.randn_like(x), coefs, index, noise=torch.randn_like(x), impl="triton")
+            # the most operands: four history tensors (the sample's dtype and float32) and the state
+            history = tuple(torch.randn_like(x, dtype=torch.float32 if i % 2 else x.dtype) for i in range(4))
+            ops.sampling_step(x, torch.randn_like(x), coefs, index, history=history, noise=torch.randn_like(x),
+                              return_state=True, impl="triton")
+            ops.sampling_step(x, torch.randn_like(x), coefs, index, history=history, seed=3, clip_range=1.0,
+                              return_state=True, impl="triton")
         yield f"sampling_step {name}", step
 
         def penalty(x=x):

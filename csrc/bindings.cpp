@@ -45,12 +45,14 @@ void add_noise(const at::Tensor& x0, const c10::optional<at::Tensor>& noise, at:
 }
 
 // One reverse-diffusion step: sample, model_output, noise and out share dtype and strides
-// (batch-major dense); prev_x0 has those strides in that dtype or float32; x0 float32; index int64
-// (B,) (stride 0 allowed); coefs contiguous float32 (N, 10); clip_range None for no clamp.
-void sampling_step(const at::Tensor& sample, const at::Tensor& model_output, const c10::optional<at::Tensor>& prev_x0,
-                   const c10::optional<at::Tensor>& noise, at::Tensor& out, const c10::optional<at::Tensor>& x0,
-                   const at::Tensor& index, const at::Tensor& coefs, const c10::optional<at::Tensor>& rng,
-                   c10::optional<double> clip_range) {
+// (batch-major dense); each present history slot h1..h4 has those strides in that dtype or
+// float32; state float32; index int64 (B,) (stride 0 allowed); coefs contiguous float32
+// (N, 16); clip_range None for no clamp.
+void sampling_step(const at::Tensor& sample, const at::Tensor& model_output, const c10::optional<at::Tensor>& h1,
+                   const c10::optional<at::Tensor>& h2, const c10::optional<at::Tensor>& h3,
+                   const c10::optional<at::Tensor>& h4, const c10::optional<at::Tensor>& noise, at::Tensor& out,
+                   const c10::optional<at::Tensor>& state, const at::Tensor& index, const at::Tensor& coefs,
+                   const c10::optional<at::Tensor>& rng, c10::optional<double> clip_range) {
   FG_CHECK_CUDA(sample); FG_CHECK_DENSE(sample); FG_CHECK_CUDA(model_output); FG_CHECK_CUDA(out);
   FG_CHECK_CUDA(index); FG_CHECK_CUDA(coefs);
   // the kernels walk flat storage: equal strides make element i the same (b, c, h, w) everywhere
@@ -60,28 +62,33 @@ void sampling_step(const at::Tensor& sample, const at::Tensor& model_output, con
   TORCH_CHECK(matches(model_output) && model_output.scalar_type() == sample.scalar_type(), "model_output must match sample");
   TORCH_CHECK(matches(out) && out.scalar_type() == sample.scalar_type(), "out must match sample");
   TORCH_CHECK(index.scalar_type() == at::kLong && index.dim() == 1 && index.size(0) == sample.size(0), "index must be int64 (B,)");
-  TORCH_CHECK(coefs.scalar_type() == at::kFloat && coefs.is_contiguous() && coefs.dim() == 2 && coefs.size(1) == 10 &&
-              coefs.size(0) > 0, "coefs must be a contiguous float32 (N, 10) table");
+  TORCH_CHECK(coefs.scalar_type() == at::kFloat && coefs.is_contiguous() && coefs.dim() == 2 && coefs.size(1) == 16 &&
+              coefs.size(0) > 0, "coefs must be a contiguous float32 (N, 16) table");
   TORCH_CHECK(!(noise.has_value() && rng.has_value()), "at most one of noise and rng");
-  int prev_dtype = fastgen::kFloat32;
-  if (prev_x0) {
-    FG_CHECK_CUDA(*prev_x0);
-    TORCH_CHECK(matches(*prev_x0) && (prev_x0->scalar_type() == sample.scalar_type() || prev_x0->scalar_type() == at::kFloat),
-                "prev_x0 must match sample (in its dtype or float32)");
-    prev_dtype = dtype_code(*prev_x0);
+  const c10::optional<at::Tensor>* slots[4] = {&h1, &h2, &h3, &h4};
+  const void* history[4] = {nullptr, nullptr, nullptr, nullptr};
+  int history_dtypes[4] = {0, 0, 0, 0};
+  for (int s = 0; s < 4; ++s) {
+    const c10::optional<at::Tensor>& h = *slots[s];
+    if (!h) continue;
+    TORCH_CHECK(h->is_cuda(), "history[", s, "] must be a CUDA tensor");
+    TORCH_CHECK(matches(*h) && (h->scalar_type() == sample.scalar_type() || h->scalar_type() == at::kFloat),
+                "history[", s, "] must match sample (in its dtype or float32)");
+    history[s] = h->data_ptr();
+    history_dtypes[s] = dtype_code(*h);
   }
   if (noise) { FG_CHECK_CUDA(*noise); TORCH_CHECK(matches(*noise) && noise->scalar_type() == sample.scalar_type(), "noise must match sample"); }
-  if (x0) { FG_CHECK_CUDA(*x0); TORCH_CHECK(matches(*x0) && x0->scalar_type() == at::kFloat, "x0 must be float32 shaped like sample"); }
+  if (state) { FG_CHECK_CUDA(*state); TORCH_CHECK(matches(*state) && state->scalar_type() == at::kFloat, "state must be float32 shaped like sample"); }
   if (rng) { FG_CHECK_CUDA(*rng); TORCH_CHECK(rng->scalar_type() == at::kLong && rng->numel() == 2, "rng must be int64 [seed, offset]"); }
   const c10::cuda::CUDAGuard guard(sample.device());
   const int64_t batch = sample.size(0), per_sample = batch ? sample.numel() / batch : 0;
   const float clip = clip_range ? static_cast<float>(*clip_range) : INFINITY;
-  check_status(fastgen::sampling_step_cuda(dtype_code(sample), sample.data_ptr(), model_output.data_ptr(),
-                                           prev_x0 ? prev_x0->data_ptr() : nullptr, prev_dtype,
-                                           noise ? noise->data_ptr() : nullptr, out.data_ptr(),
-                                           x0 ? x0->data_ptr<float>() : nullptr, index.data_ptr<int64_t>(), index.stride(0),
-                                           coefs.data_ptr<float>(), coefs.size(0), rng ? rng->data_ptr<int64_t>() : nullptr,
-                                           clip, batch, per_sample, c10::cuda::getCurrentCUDAStream()),
+  check_status(fastgen::sampling_step_cuda(dtype_code(sample), sample.data_ptr(), model_output.data_ptr(), history,
+                                           history_dtypes, noise ? noise->data_ptr() : nullptr, out.data_ptr(),
+                                           state ? state->data_ptr<float>() : nullptr, index.data_ptr<int64_t>(),
+                                           index.stride(0), coefs.data_ptr<float>(), coefs.size(0),
+                                           rng ? rng->data_ptr<int64_t>() : nullptr, clip, batch, per_sample,
+                                           c10::cuda::getCurrentCUDAStream()),
                "sampling_step");
 }
 

@@ -13,12 +13,13 @@ int add_noise_cuda(int dtype, const void* x0, const void* noise, void* out, cons
                    const float* abar, int64_t num_train, const int64_t* rng, int64_t batch, int64_t per_sample,
                    cudaStream_t stream);
 
-// One reverse-diffusion step (fastgen/ops/sampling_step.py). prev, noise, x0 and rng may be null
-// (at most one of noise and rng is given); prev_dtype is dtype or kFloat32; clip is +inf for none.
-int sampling_step_cuda(int dtype, const void* sample, const void* model, const void* prev, int prev_dtype,
-                       const void* noise, void* out, float* x0, const int64_t* index, int64_t index_stride,
-                       const float* coefs, int64_t num_rows, const int64_t* rng, float clip, int64_t batch,
-                       int64_t per_sample, cudaStream_t stream);
+// One reverse-diffusion step (fastgen/ops/sampling_step.py). history[0..3] are the slots h1..h4,
+// each null (absent: zero, never read) or in dtype or kFloat32 (history_dtypes[s]); noise, state
+// and rng may be null (at most one of noise and rng is given); clip is +inf for none.
+int sampling_step_cuda(int dtype, const void* sample, const void* model, const void* const* history,
+                       const int* history_dtypes, const void* noise, void* out, float* state, const int64_t* index,
+                       int64_t index_stride, const float* coefs, int64_t num_rows, const int64_t* rng, float clip,
+                       int64_t batch, int64_t per_sample, cudaStream_t stream);
 
 // GroupNorm over channels_last storage (fastgen/ops/group_norm.py): x, y, dy, dx are (B, S, C)
 // with C innermost, S = H * W; weight, bias (C,) and emb, scale, shift (B, C) share x's dtype and

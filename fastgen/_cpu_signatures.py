@@ -13,9 +13,10 @@ _F32 = ctypes.c_float
 # name -> argument types; every kernel returns int (0 on success)
 SIGNATURES = {
     "fastgen_add_noise_cpu": [_INT, _P, _P, _P, _P, _I64, _P, _I64, _P, _I64, _I64],
-    # dtype, sample, model, prev, prev_dtype, noise, out, x0, index, index_stride, coefs, num_rows, rng,
-    # clip, batch, per_sample
-    "fastgen_sampling_step_cpu": [_INT, _P, _P, _P, _INT, _P, _P, _P, _P, _I64, _P, _I64, _P, _F32, _I64, _I64],
+    # dtype, sample, model, h1, h2, h3, h4, h1_dtype, h2_dtype, h3_dtype, h4_dtype, noise, out, state, index,
+    # index_stride, coefs, num_rows, rng, clip, batch, per_sample
+    "fastgen_sampling_step_cpu": [_INT, _P, _P, _P, _P, _P, _P, _INT, _INT, _INT, _INT, _P, _P, _P, _P, _I64, _P, _I64,
+                                  _P, _F32, _I64, _I64],
     # mode, pred_dtype, x_dtype, pred, x0, noise, t, t_stride, abar, num_train, rng, batch, per_sample, sums,
     # residual
     "fastgen_diffusion_loss_fwd_cpu": [_INT, _INT, _INT, _P, _P, _P, _P, _I64, _P, _I64, _P, _I64, _I64, _P, _P],

@@ -34,7 +34,13 @@ from . import _impl, benchmarking
 DEFAULT_SHAPE = (256, 3, 32, 32)  # DDPM on CIFAR-10: batch 256 of 3x32x32
 QUICK_SHAPE = (4, 3, 8, 8)
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-SCHEDULERS = ("DDPMScheduler", "DDIMScheduler", "DPMSolverMultistepScheduler")
+# every drop-in scheduler, by diffusers' class name (fastgen.diffusion.SCHEDULERS, spelled out here so
+# that importing the CLI does not import fastgen.diffusion and with it diffusers)
+SCHEDULERS = ("DDPMScheduler", "DDIMScheduler", "DPMSolverMultistepScheduler", "DPMSolverSinglestepScheduler",
+              "UniPCMultistepScheduler", "EulerDiscreteScheduler", "EulerAncestralDiscreteScheduler",
+              "HeunDiscreteScheduler", "LMSDiscreteScheduler", "KDPM2DiscreteScheduler",
+              "KDPM2AncestralDiscreteScheduler", "PNDMScheduler", "LCMScheduler", "EDMEulerScheduler",
+              "EDMDPMSolverMultistepScheduler", "FlowMatchEulerDiscreteScheduler")
 
 
 def op_impls(op: str, device: torch.device) -> list[tuple[str, str | None]]:

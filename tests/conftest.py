@@ -28,3 +28,10 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+def pytest_configure(config):
+    # diffusers 0.42's schedulers trip NumPy 2's deprecations (np.array(tensor, copy=False), __array_wrap__)
+    # tens of thousands of times in the parity sweeps; they are diffusers', not ours
+    for message in ("__array__ implementation doesn't accept a copy keyword", "__array_wrap__ must accept context"):
+        config.addinivalue_line("filterwarnings", f"ignore:{message}:DeprecationWarning")

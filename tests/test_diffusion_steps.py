@@ -1,12 +1,12 @@
 """fastgen.ops ddpm_step / ddim_step / dpmpp_2m_step and the coefficient builders, against
 diffusers' scheduler steps (the reference) on every implementation, per-sample schedule
-values, Philox noise and bad input."""
+values, Philox noise, the builders' 16-column rows (state = x0, history only in H1) and bad input."""
 import pytest
 import torch
 
 from fastgen import _layout, _rng
 from fastgen.ops import ddim_step, ddpm_step, dpmpp_2m_step
-from fastgen.ops.sampling_step import NUM_COEFS
+from fastgen.ops.sampling_step import H1, H2, H3, H4, NUM_COEFS, O0, OX, S0, SE, SX
 from fastgen.ops.step_coefficients import ddim_coefficients, ddpm_coefficients, dpmpp_coefficients
 from helpers import assert_close, impl_params
 
@@ -72,9 +72,10 @@ def test_per_sample_schedule_values_match_scalar_calls():
                                       clip_sample_range=1.0))
 
 
+@pytest.mark.parametrize("device,impl", impl_params())
 @pytest.mark.parametrize("algorithm_type,solver_type", [("dpmsolver++", "midpoint"), ("dpmsolver++", "heun"),
                                                         ("sde-dpmsolver++", "midpoint"), ("sde-dpmsolver++", "heun")])
-def test_dpmpp_2m_step_matches_diffusers(algorithm_type, solver_type):
+def test_dpmpp_2m_step_matches_diffusers(device, impl, algorithm_type, solver_type):
     sched = scheduler_pair("DPMSolverMultistepScheduler", 4, algorithm_type=algorithm_type, solver_type=solver_type)
     s = sched.sigmas.double()
     alpha, sigma = 1 / (s * s + 1).sqrt(), s / (s * s + 1).sqrt()
@@ -84,13 +85,14 @@ def test_dpmpp_2m_step_matches_diffusers(algorithm_type, solver_type):
         m, z = torch.tanh(x) * 0.7, torch.randn(SHAPE)
         ref = sched.step(m, t, x, variance_noise=z).prev_sample
         second = 0 < i < 3  # diffusers: first order at the start and at the final step to sigma = 0
-        out, x0 = dpmpp_2m_step(m, x, prev_x0 if second else None, alpha_t=float(alpha[i + 1]),
+        out, x0 = dpmpp_2m_step(m.to(device), x.to(device), prev_x0 if second else None, alpha_t=float(alpha[i + 1]),
                                 sigma_t=float(sigma[i + 1]), alpha_s0=float(alpha[i]), sigma_s0=float(sigma[i]),
                                 alpha_s1=float(alpha[i - 1]) if second else None,
                                 sigma_s1=float(sigma[i - 1]) if second else None,
-                                algorithm_type=algorithm_type, solver_type=solver_type, noise=z)
-        close(out, ref, f"step {i}")
-        close(x0, sched.model_outputs[-1], f"x0 at step {i}")
+                                algorithm_type=algorithm_type, solver_type=solver_type, noise=z.to(device), impl=impl)
+        close(out.cpu(), ref, f"step {i}")
+        close(x0.cpu(), sched.model_outputs[-1], f"x0 at step {i}")
+        assert x0.dtype == torch.float32
         x, prev_x0 = ref, x0
 
 
@@ -115,7 +117,19 @@ def test_builders_shapes_and_dtypes():
     assert dpmpp_coefficients(a, 1 - a, a, a).shape == (4, 5, NUM_COEFS)
     # the final DPM step to sigma = 0 lands on x0 exactly: out = x0
     final = dpmpp_coefficients(1.0, 0.0, 0.6, 0.8)
-    assert final.isfinite().all() and final[5] == 0 and final[6] == 1  # OX, O0
+    assert final.isfinite().all() and final[OX] == 0 and final[O0] == 1
+
+
+def test_builder_rows_keep_x0_as_state_and_use_only_h1():
+    """Every built row has state = x0 (S0 = 1, SX = SE = 0); only DPM-Solver++'s second order
+    reads history, in slot H1."""
+    a = torch.tensor([0.3, 0.6, 0.9], dtype=torch.float64)
+    rows = torch.cat([ddpm_coefficients(a, a.sqrt()), ddim_coefficients(a, a.sqrt(), eta=0.5),
+                      dpmpp_coefficients(a.sqrt(), (1 - a).sqrt(), a, (1 - a * a).sqrt()),
+                      dpmpp_coefficients(a.sqrt(), (1 - a).sqrt(), a, (1 - a * a).sqrt(), a * a, (1 - a ** 4).sqrt())])
+    assert rows.shape == (12, NUM_COEFS)
+    assert (rows[:, S0] == 1).all() and (rows[:, [SX, SE, H2, H3, H4]] == 0).all()
+    assert (rows[:9, H1] == 0).all() and (rows[9:, H1] != 0).all()
 
 
 def test_bad_input():

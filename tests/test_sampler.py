@@ -11,18 +11,12 @@ from fastgen.diffusion import sampler
 from fastgen.diffusion.sampler import graph_key, philox_seed, sample, should_capture
 
 from helpers import assert_close
+from scheduler_helpers import tiny_unet
 
 diffusers = pytest.importorskip("diffusers", reason="diffusers is the reference the sampler is checked against")
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs and host syncs need a CUDA device")
-
-
-def tiny_unet(seed=0):
-    torch.manual_seed(seed)
-    return diffusers.UNet2DModel(sample_size=8, in_channels=3, out_channels=3, block_out_channels=(8, 16),
-                                 layers_per_block=1, norm_num_groups=4, down_block_types=("DownBlock2D",) * 2,
-                                 up_block_types=("UpBlock2D",) * 2).eval()
 
 
 def record_last_step(scheduler):

@@ -14,6 +14,7 @@ import torch
 import fastgen.diffusion as fd
 from fastgen.diffusion.scheduling_base import SchedulerBase
 from helpers import assert_close
+from scheduler_helpers import tiny_unet
 
 diffusers = pytest.importorskip("diffusers")
 
@@ -137,14 +138,6 @@ def test_save_load_config_and_subfolder(tmp_path):
         ours.save_pretrained(tmp_path / "x", push_to_hub=True)
 
 
-def tiny_unet():
-    torch.manual_seed(0)
-    return diffusers.UNet2DModel(sample_size=8, in_channels=3, out_channels=3, block_out_channels=(8, 16),
-                                 layers_per_block=1, norm_num_groups=4,
-                                 down_block_types=("DownBlock2D", "DownBlock2D"),
-                                 up_block_types=("UpBlock2D", "UpBlock2D")).eval()
-
-
 def images(pipe, **kwargs):
     pipe.set_progress_bar_config(disable=True)
     out = pipe(batch_size=2, generator=torch.Generator().manual_seed(0), output_type="np", num_inference_steps=4,
@@ -205,3 +198,10 @@ def test_schedulers_without_diffusers(tmp_path):
     """)
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stderr[-3000:]
+
+
+def test_every_scheduler_is_exported_and_benchmarked():
+    from fastgen import cli
+
+    assert cli.SCHEDULERS == fd.SCHEDULERS
+    assert [c.__name__ for c in fastgen_schedulers()] == sorted(fd.SCHEDULERS)

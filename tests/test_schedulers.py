@@ -9,54 +9,19 @@ import torch
 
 import fastgen.diffusion as fd
 from fastgen import _rng
-from helpers import DEVICES, assert_close
+from helpers import DEVICES, assert_close, impls_on
+from scheduler_helpers import close, close_to_exact, exact_twin, fake_model, float32_noise_in, tiny_unet
 
 diffusers = pytest.importorskip("diffusers")
 
 SHAPE = (2, 3, 4, 4)
 
 
-def fake_model(x, t):
-    """A fixed 'network': nonlinear in x and dependent on t, so every coefficient matters."""
-    return 0.3 * x + torch.tanh(x) * (0.5 + float(t) / 1000.0)
-
-
-def close(ours, theirs, name):
-    # float32 rounding: both compute the same math in float32, in a different order; x0 from an
-    # epsilon model at high noise divides by sqrt(abar) ~ 0.006, so the tolerance scales with the
-    # tensor's magnitude as well as elementwise
-    assert_close(ours, theirs, atol=1e-5 * float(theirs.abs().max()) + 1e-7, rtol=1e-5, name=name)
-
-
 @pytest.fixture(autouse=True)
 def _float32_noise_in_diffusers(monkeypatch):
-    """diffusers' float64 twin (see exact_twin) must draw the float32 run's numbers: patch its
-    randn_tensor to draw float32 and cast. The float32 runs draw exactly as before."""
     from diffusers.schedulers import scheduling_ddim, scheduling_ddpm, scheduling_dpmsolver_multistep
-    from diffusers.utils.torch_utils import randn_tensor
 
-    def randn32(shape, generator=None, device=None, dtype=None, **kw):
-        return randn_tensor(shape, generator=generator, device=device, dtype=torch.float32, **kw).to(dtype)
-
-    for module in (scheduling_ddim, scheduling_ddpm, scheduling_dpmsolver_multistep):
-        monkeypatch.setattr(module, "randn_tensor", randn32)
-
-
-def exact_twin(theirs):
-    """A copy of a diffusers scheduler (after set_timesteps) whose tables are float64: fed float64
-    tensors it computes the same math from the same float32 schedule values in float64."""
-    twin = copy.deepcopy(theirs)
-    for name in ("alphas_cumprod", "final_alpha_cumprod", "one", "sigmas", "alpha_t", "sigma_t", "lambda_t"):
-        if isinstance(getattr(twin, name, None), torch.Tensor):
-            setattr(twin, name, getattr(twin, name).double())
-    return twin
-
-
-def close_to_exact(ours, theirs, exact, name):
-    """fastgen's float32 result is at least about as close to the float64 result as diffusers'
-    float32 result is (the flash-attention rule), and within float32 rounding of it."""
-    slack = 2 * float((theirs.double() - exact).abs().max())
-    assert_close(ours, exact, atol=1e-5 * float(exact.abs().max()) + slack + 1e-7, rtol=1e-5, name=name)
+    float32_noise_in(monkeypatch, scheduling_ddim, scheduling_ddpm, scheduling_dpmsolver_multistep)
 
 
 def step_parity(ours, theirs, num_inference_steps, step_kwargs=None, seed=3, batch_gen=False):
@@ -301,14 +266,6 @@ def test_save_and_load_config_round_trip(tmp_path):
     step_parity(fd.DDIMScheduler.from_pretrained(tmp_path), theirs, 3)
 
 
-def tiny_unet():
-    torch.manual_seed(0)
-    return diffusers.UNet2DModel(sample_size=8, in_channels=3, out_channels=3, block_out_channels=(8, 16),
-                                 layers_per_block=1, norm_num_groups=4,
-                                 down_block_types=("DownBlock2D", "DownBlock2D"),
-                                 up_block_types=("UpBlock2D", "UpBlock2D")).eval()
-
-
 @pytest.mark.parametrize("kind", ["ddpm", "ddim", "ddim-eta1", "dpm"])
 def test_diffusers_pipeline_with_fastgen_scheduler(kind):
     unet = tiny_unet()
@@ -422,8 +379,6 @@ def test_bad_input_errors():
         fd.DPMSolverMultistepScheduler(algorithm_type="dpm")
     with pytest.raises(NotImplementedError, match="thresholding"):
         fd.DDIMScheduler(thresholding=True)
-    with pytest.raises(NotImplementedError, match="dpmsolver"):
-        fd.DPMSolverMultistepScheduler(algorithm_type="dpmsolver", final_sigmas_type="sigma_min")
     x = torch.randn(SHAPE)
     for cls in [fd.DDPMScheduler, fd.DDIMScheduler, fd.DPMSolverMultistepScheduler]:
         sched = cls()
@@ -516,3 +471,74 @@ def test_cuda_in_kernel_noise_advances_on_device(cls):
     ref = theirs.step(m, t, x + 1, generator=torch.Generator("cuda").manual_seed(0), **kwargs).prev_sample
     got = sched.step(m, t, x + 1, generator=torch.Generator("cuda").manual_seed(0), **kwargs).prev_sample
     close(got, ref, "cuda generator")
+
+
+@pytest.mark.parametrize("impl", [i for i in ("cpu", "reference", "triton") if i in impls_on("cpu")])
+def test_infinite_model_output_with_clipping_stays_finite(impl):
+    """An fp16 overflow (+-inf in the model output) with clip_sample: x0 is clamped, and the step's
+    unused terms (coefficient 0) must not turn 0 * inf into NaN; diffusers' result is finite."""
+    theirs, ours = diffusers.DDPMScheduler(), fd.DDPMScheduler()
+    ours.impl = impl
+    theirs.set_timesteps(10)
+    ours.set_timesteps(10)
+    x, m = torch.randn(SHAPE), torch.randn(SHAPE)
+    m[0, 0, 0, 0], m[1, 2, 3, 3] = float("inf"), -float("inf")
+    t = theirs.timesteps[3]
+    expected = theirs.step(m, t, x, generator=torch.Generator().manual_seed(0))
+    got = ours.step(m, t, x, generator=torch.Generator().manual_seed(0))
+    assert torch.isfinite(got.prev_sample).all()
+    close(got.prev_sample, expected.prev_sample, "prev_sample")
+    close(got.pred_original_sample, expected.pred_original_sample, "x0")
+
+
+def test_timestep_and_schedule_errors():
+    x = torch.randn(SHAPE)
+    for cls in (fd.DDPMScheduler, fd.DDIMScheduler):
+        sched = cls()
+        sched.set_timesteps(10)
+        for bad in (True, torch.tensor(True), torch.tensor(899.7), 899.0):
+            with pytest.raises(TypeError, match="timestep must be an int or an integer tensor"):
+                sched.step(x, bad, x)
+    dpm = fd.DPMSolverMultistepScheduler()
+    for bad in ([5, 5, 3], [3, 5, 7], [9.5, 3]):
+        with pytest.raises(ValueError, match="strictly descending integers"):
+            dpm.set_timesteps(timesteps=bad)
+
+
+def test_ddpm_step_without_set_timesteps():
+    """diffusers' DDPM steps over every training timestep before set_timesteps (its own tests loop
+    reversed(range(T)) that way); so does fastgen's."""
+    theirs, ours = diffusers.DDPMScheduler(num_train_timesteps=50), fd.DDPMScheduler(num_train_timesteps=50)
+    x = torch.randn(SHAPE)
+    gens = [torch.Generator().manual_seed(1) for _ in range(2)]
+    a = b = x
+    for t in reversed(range(50)):
+        a = theirs.step(fake_model(a, t), t, a, generator=gens[0]).prev_sample
+        b = ours.step(fake_model(b, t), t, b, generator=gens[1]).prev_sample
+    close(b, a, "loop over the training timesteps")
+
+
+@pytest.mark.parametrize("name", ["DDPMScheduler", "DDIMScheduler", "DPMSolverMultistepScheduler",
+                                  "EulerAncestralDiscreteScheduler", "UniPCMultistepScheduler"])
+def test_compiled_denoising_loop(name, monkeypatch):
+    """torch.compile(fullgraph=True) of a whole loop (scheduler + a plain model), with the timestep
+    a traced tensor; with inductor's fallback_random the noise, and so the result, equals eager."""
+    import torch._inductor.config as inductor_config
+
+    monkeypatch.setattr(inductor_config, "fallback_random", True)
+    torch._dynamo.reset()
+    sched = getattr(fd, name)(num_train_timesteps=100)
+    sched.set_timesteps(3)
+
+    def loop(x):
+        for t in sched.timesteps:
+            x = sched.step(0.3 * x + torch.tanh(x), t, x).prev_sample
+        return x
+
+    x = torch.randn(1, 1, 2, 2)
+    torch.manual_seed(5)
+    expected = loop(x)
+    sched.set_timesteps(3)
+    torch.manual_seed(5)
+    got = torch.compile(loop, fullgraph=True)(x)
+    close(got, expected, f"compiled {name} loop")

@@ -1,10 +1,16 @@
-// One fused reverse-diffusion step on the CPU (DDPM / DDIM / DPM-Solver++, see
-// fastgen/ops/sampling_step.py), one pass, OpenMP over (sample, chunk) jobs. Per sample b with row
-// c = coefs[index[b]]:
-//   x0  = clamp(c.PX * x + c.PM * m, -clip, clip)
-//   eps = c.EX * x + c.EM * m + c.E0 * x0
-//   out = c.OX * x + c.O0 * x0 + c.OE * eps + c.O1 * prev + c.SZ * z
-// A C ABI (no torch headers): fastgen loads it with ctypes.
+// One fused reverse-diffusion step on the CPU (see fastgen/ops/sampling_step.py), one pass over
+// memory, OpenMP over (sample, chunk) jobs. Per sample b with row c = coefs[index[b]]:
+//   x0    = clamp(c.PX * x + c.PM * m, -clip, clip)
+//   eps   = c.EX * x + c.EM * m + c.E0 * x0
+//   out   = c.OX * x + c.O0 * x0 + c.OE * eps + c.H1 * h1 + ... + c.H4 * h4 + c.SZ * z
+//   state = c.SX * x + c.S0 * x0 + c.SE * eps            (float32, only when asked for)
+// A job walks its range in tiles of kTile elements. One fused loop over x, m, the first present
+// history slot (and z) writes out directly when at most one slot is present (DDPM, DDIM,
+// DPM-Solver++ 2M, KDPM2); with more, it writes a float32 tile that stays in L1
+// and each further slot adds its term in a loop of its own (the last one converts and stores).
+// So every loop is branch-free and `omp simd` friendly, each slot may be float32 or the sample's
+// dtype without a template per combination, and an absent slot costs nothing and is never read.
+// A C ABI (no torch headers): fastgen loads it with ctypes (signature in fastgen/_cpu_signatures.py).
 #include <stdint.h>
 #include <math.h>
 
@@ -17,90 +23,141 @@
 namespace fastgen {
 namespace {
 
-struct Row { float px, pm, ex, em, e0, ox, o0, oe, o1, sz; };
+constexpr int kCoefs = 16;  // NUM_COEFS
+constexpr int kMaxHistory = 4;
+enum Col : int { PX, PM, EX, EM, E0, OX, O0, OE, H1, H2, H3, H4, SZ, SX, S0, SE };
+
+struct Row { float px, pm, ex, em, e0, ox, o0, oe, sz, sx, s0, se; };
 
 struct None {};  // the element type of an absent operand: the loop compiles it away
 
-// The inner loop over [0, n): P is prev's element type, N noise's (None when absent). `clip` is
-// +inf without clipping: the select then keeps every value (NaN and inf included), so one
-// branch-free loop serves both and stays `omp simd` friendly.
-template <typename T, typename P, typename N, bool kX0>
-inline void step_range(const Row& c, float clip, const T* __restrict__ x, const T* __restrict__ m,
-                       const P* __restrict__ prev, const N* __restrict__ z, T* __restrict__ out,
-                       float* __restrict__ x0_out, int64_t n) {
+// c * v, but exactly 0 where c == 0: an operand the row does not use may be infinite (a float16
+// overflow in the model output), and 0 * inf = NaN would poison a result diffusers keeps finite.
+inline float term(float c, float v) { return c != 0.0f ? c * v : 0.0f; }
+
+// The fused loop over [0, n): x, m, one history slot h weighted by hc (P = None when absent) and
+// z (N = None when absent) -> out (O: the sample's dtype T, or float32 for a tile that more
+// history terms are still added to) and optionally state. `clip` is +inf without clipping: the
+// select then keeps every value (NaN and inf included), so one branch-free loop serves both.
+template <typename T, typename P, typename N, typename O, bool kState>
+inline void core(const Row& c, float clip, const T* __restrict__ x, const T* __restrict__ m,
+                 const P* __restrict__ h, float hc, const N* __restrict__ z, O* __restrict__ out,
+                 float* __restrict__ state, int64_t n) {
 #pragma omp simd
   for (int64_t i = 0; i < n; ++i) {
     const float xv = to_float(x[i]), mv = to_float(m[i]);
-    float x0 = c.px * xv + c.pm * mv;
+    float x0 = term(c.px, xv) + term(c.pm, mv);
     x0 = x0 < -clip ? -clip : (x0 > clip ? clip : x0);
-    const float eps = c.ex * xv + c.em * mv + c.e0 * x0;
-    float o = c.ox * xv + c.o0 * x0 + c.oe * eps;
-    if constexpr (!std::is_same_v<P, None>) o += c.o1 * to_float(prev[i]);
+    const float eps = term(c.ex, xv) + term(c.em, mv) + term(c.e0, x0);
+    float o = term(c.ox, xv) + term(c.o0, x0) + term(c.oe, eps);
+    if constexpr (!std::is_same_v<P, None>) o += term(hc, to_float(h[i]));
     if constexpr (!std::is_same_v<N, None>) o += c.sz * to_float(z[i]);
-    out[i] = from_float<T>(o);
-    if constexpr (kX0) x0_out[i] = x0;
+    out[i] = from_float<O>(o);
+    if constexpr (kState) state[i] = term(c.sx, xv) + term(c.s0, x0) + term(c.se, eps);
   }
 }
 
+// acc += coef * h over a tile.
+template <typename P>
+inline void add_history(float* __restrict__ acc, const P* __restrict__ h, float coef, int64_t n) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) acc[i] += term(coef, to_float(h[i]));
+}
+
+// out = acc + coef * h over a tile, in the sample's dtype: the last history slot.
+template <typename T, typename P>
+inline void add_history_store(const float* __restrict__ acc, const P* __restrict__ h, float coef,
+                              T* __restrict__ out, int64_t n) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) out[i] = from_float<T>(acc[i] + term(coef, to_float(h[i])));
+}
+
+// The present history slots, in slot order: pointer, whether it is float32 (else the sample's
+// dtype), and which column weighs it.
+struct History {
+  const void* ptr[kMaxHistory];
+  bool f32[kMaxHistory];
+  int col[kMaxHistory];
+  int count;
+};
+
 struct Args {
-  const void* sample; const void* model; const void* prev; const void* noise; void* out; float* x0;
+  const void* sample; const void* model; History hist; const void* noise; void* out; float* state;
   const int64_t* index; int64_t index_stride; const float* coefs; int64_t num_rows; const int64_t* rng;
   float clip; int64_t batch; int64_t per_sample;
 };
 
-template <typename T, typename P, bool kX0>
+constexpr int64_t kTile = 512;  // 2 KiB of float32 per buffer: acc and z stay in L1
+
+// The fused loop with the first present history slot (element type P) -> out, or -> the float32
+// tile acc when more slots follow.
+template <typename T, typename P, typename N, bool kState>
+inline void first(const Args& a, const Row& c, const float* r, const N* z, int64_t at, int64_t k, float* acc) {
+  const T* x = static_cast<const T*>(a.sample) + at;
+  const T* m = static_cast<const T*>(a.model) + at;
+  float* state = kState ? a.state + at : nullptr;
+  const History& h = a.hist;
+  const P* h0 = h.count ? static_cast<const P*>(h.ptr[0]) + at : nullptr;
+  const float hc = h.count ? r[h.col[0]] : 0.0f;
+  if (h.count <= 1) core<T, P, N, T, kState>(c, a.clip, x, m, h0, hc, z, static_cast<T*>(a.out) + at, state, k);
+  else core<T, P, N, float, kState>(c, a.clip, x, m, h0, hc, z, acc, state, k);
+}
+
+// One tile [at, at + k): the fused loop, then the terms of the further present history slots.
+template <typename T, typename N, bool kState>
+inline void tile(const Args& a, const Row& c, const float* r, const N* z, int64_t at, int64_t k, float* acc) {
+  const History& h = a.hist;
+  if (h.count == 0) first<T, None, N, kState>(a, c, r, z, at, k, acc);
+  else if (h.f32[0]) first<T, float, N, kState>(a, c, r, z, at, k, acc);
+  else first<T, T, N, kState>(a, c, r, z, at, k, acc);
+  T* out = static_cast<T*>(a.out) + at;
+  for (int s = 1; s < h.count; ++s) {
+    const float coef = r[h.col[s]];
+    const bool last = s == h.count - 1;
+    if (h.f32[s]) {
+      const float* p = static_cast<const float*>(h.ptr[s]) + at;
+      if (last) add_history_store<T, float>(acc, p, coef, out, k);
+      else add_history<float>(acc, p, coef, k);
+    } else {
+      const T* p = static_cast<const T*>(h.ptr[s]) + at;
+      if (last) add_history_store<T, T>(acc, p, coef, out, k);
+      else add_history<T>(acc, p, coef, k);
+    }
+  }
+}
+
+template <typename T, bool kState>
 void run(const Args& a) {
-  const T* x = static_cast<const T*>(a.sample);
-  const T* m = static_cast<const T*>(a.model);
-  const P* prev = static_cast<const P*>(a.prev);
   const T* noise = static_cast<const T*>(a.noise);
-  T* out = static_cast<T*>(a.out);
   const uint64_t seed = a.rng ? static_cast<uint64_t>(a.rng[0]) : 0, offset = a.rng ? static_cast<uint64_t>(a.rng[1]) : 0;
   for_each_sample_chunk(a.batch, a.per_sample, [&](int64_t b, int64_t begin, int64_t end) {
-    const float* r = a.coefs + clamp_index(a.index[b * a.index_stride], a.num_rows) * 10;
-    const Row c{r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9]};
-    const int64_t n = end - begin;
-    float* x0 = kX0 ? a.x0 + begin : nullptr;
+    const float* r = a.coefs + clamp_index(a.index[b * a.index_stride], a.num_rows) * kCoefs;
+    const Row c{r[PX], r[PM], r[EX], r[EM], r[E0], r[OX], r[O0], r[OE], r[SZ], r[SX], r[S0], r[SE]};
+    alignas(64) float acc[kTile];
+    alignas(64) float z[kTile];
     // Rows with SZ == 0 (the last DDPM step, DDIM with eta 0) never read or generate noise.
-    const bool has_prev = prev != nullptr;
-    if (c.sz == 0.0f || (noise == nullptr && a.rng == nullptr)) {
-      if (has_prev) step_range<T, P, None, kX0>(c, a.clip, x + begin, m + begin, prev + begin, (const None*)nullptr, out + begin, x0, n);
-      else step_range<T, None, None, kX0>(c, a.clip, x + begin, m + begin, (const None*)nullptr, (const None*)nullptr, out + begin, x0, n);
-    } else if (noise != nullptr) {
-      if (has_prev) step_range<T, P, T, kX0>(c, a.clip, x + begin, m + begin, prev + begin, noise + begin, out + begin, x0, n);
-      else step_range<T, None, T, kX0>(c, a.clip, x + begin, m + begin, (const None*)nullptr, noise + begin, out + begin, x0, n);
-    } else {
-      // Philox: draw a small block of z into a buffer that stays in L1, then the same fused loop.
-      constexpr int64_t kTile = 512;
-      float z[kTile];
-      for (int64_t t = 0; t < n; t += kTile) {
-        const int64_t k = n - t < kTile ? n - t : kTile;
-        const uint64_t first = offset + static_cast<uint64_t>(begin + t);
+    const bool noisy = c.sz != 0.0f && (noise != nullptr || a.rng != nullptr);
+    for (int64_t at = begin; at < end; at += kTile) {
+      const int64_t k = end - at < kTile ? end - at : kTile;
+      if (!noisy) {
+        tile<T, None, kState>(a, c, r, static_cast<const None*>(nullptr), at, k, acc);
+      } else if (noise != nullptr) {
+        tile<T, T, kState>(a, c, r, noise + at, at, k, acc);
+      } else {
+        // Philox: draw the tile's z into a buffer that stays in L1, then the same fused loop.
+        const uint64_t first = offset + static_cast<uint64_t>(at);
         for (int64_t j = 0; j < k; j += kNormalBlock)
           philox_normal_block(seed, first + static_cast<uint64_t>(j), static_cast<int>(k - j < kNormalBlock ? k - j : kNormalBlock), z + j);
-        const int64_t at = begin + t;
-        float* x0t = kX0 ? x0 + t : nullptr;
-        if (has_prev) step_range<T, P, float, kX0>(c, a.clip, x + at, m + at, prev + at, z, out + at, x0t, k);
-        else step_range<T, None, float, kX0>(c, a.clip, x + at, m + at, (const None*)nullptr, z, out + at, x0t, k);
+        tile<T, float, kState>(a, c, r, static_cast<const float*>(z), at, k, acc);
       }
     }
   });
 }
 
-template <typename T, typename P>
-void run_x0(const Args& a) {
-  if (a.x0) run<T, P, true>(a);
-  else run<T, P, false>(a);
-}
-
-// prev_x0 is either the sample's dtype or float32 (multistep state kept in float32).
 template <typename T>
-int run_prev(const Args& a, int prev_dtype) {
-  if (a.prev == nullptr || prev_dtype == kFloat32) { run_x0<T, float>(a); return 0; }
-  if constexpr (!std::is_same_v<T, float>) {
-    if (prev_dtype == (std::is_same_v<T, Half> ? kFloat16 : kBFloat16)) { run_x0<T, T>(a); return 0; }
-  }
-  return 2;
+void run_state(const Args& a) {
+  if (a.state) run<T, true>(a);
+  else run<T, false>(a);
 }
 
 }  // namespace
@@ -108,17 +165,31 @@ int run_prev(const Args& a, int prev_dtype) {
 
 using namespace fastgen;
 
-// Returns 0 on success, 1 for an unknown dtype, 2 for a prev_x0 dtype other than the sample's or float32.
-extern "C" int fastgen_sampling_step_cpu(int dtype, const void* sample, const void* model, const void* prev,
-                                         int prev_dtype, const void* noise, void* out, float* x0,
+// Returns 0 on success, 1 for an unknown dtype, 2 for a history dtype other than the sample's or
+// float32. h1..h4 may each be null (absent: zero, never read); hK_dtype is ignored for those.
+extern "C" int fastgen_sampling_step_cpu(int dtype, const void* sample, const void* model, const void* h1,
+                                         const void* h2, const void* h3, const void* h4, int h1_dtype, int h2_dtype,
+                                         int h3_dtype, int h4_dtype, const void* noise, void* out, float* state,
                                          const int64_t* index, int64_t index_stride, const float* coefs,
                                          int64_t num_rows, const int64_t* rng, float clip, int64_t batch,
                                          int64_t per_sample) {
-  const Args a{sample, model, prev, noise, out, x0, index, index_stride, coefs, num_rows, rng, clip, batch, per_sample};
-  switch (dtype) {
-    case kFloat32: return run_prev<float>(a, prev_dtype);
-    case kFloat16: return run_prev<Half>(a, prev_dtype);
-    case kBFloat16: return run_prev<BFloat16>(a, prev_dtype);
-    default: return 1;
+  if (dtype != kFloat32 && dtype != kFloat16 && dtype != kBFloat16) return 1;
+  const void* ptrs[kMaxHistory] = {h1, h2, h3, h4};
+  const int dtypes[kMaxHistory] = {h1_dtype, h2_dtype, h3_dtype, h4_dtype};
+  Args a{sample, model, {}, noise, out, state, index, index_stride, coefs, num_rows, rng, clip, batch, per_sample};
+  a.hist.count = 0;
+  for (int s = 0; s < kMaxHistory; ++s) {
+    if (ptrs[s] == nullptr) continue;
+    if (dtypes[s] != kFloat32 && dtypes[s] != dtype) return 2;
+    a.hist.ptr[a.hist.count] = ptrs[s];
+    a.hist.f32[a.hist.count] = dtypes[s] == kFloat32;
+    a.hist.col[a.hist.count] = H1 + s;
+    ++a.hist.count;
   }
+  switch (dtype) {
+    case kFloat32: run_state<float>(a); break;
+    case kFloat16: run_state<Half>(a); break;
+    default: run_state<BFloat16>(a); break;
+  }
+  return 0;
 }

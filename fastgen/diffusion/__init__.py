@@ -1,9 +1,20 @@
-"""Diffusion: schedules, drop-in schedulers, the whole-loop sampler."""
+"""Diffusion: schedules, drop-in schedulers (diffusers' class names and arguments), the whole-loop
+sampler, the training objective and trainer."""
 from .sampler import sample
+from .scheduling_base import SchedulerBase, SchedulerOutput
 from .scheduling_ddim import DDIMScheduler
 from .scheduling_ddpm import DDPMScheduler
-from .scheduling_base import SchedulerBase, SchedulerOutput
 from .scheduling_dpmsolver_multistep import DPMSolverMultistepScheduler
+from .scheduling_dpmsolver_singlestep import DPMSolverSinglestepScheduler
+from .scheduling_edm import EDMDPMSolverMultistepScheduler, EDMEulerScheduler
+from .scheduling_euler import EulerAncestralDiscreteScheduler, EulerDiscreteScheduler
+from .scheduling_flow_match import FlowMatchEulerDiscreteScheduler
+from .scheduling_heun import HeunDiscreteScheduler
+from .scheduling_kdpm2 import KDPM2AncestralDiscreteScheduler, KDPM2DiscreteScheduler
+from .scheduling_lcm import LCMScheduler
+from .scheduling_lms import LMSDiscreteScheduler
+from .scheduling_pndm import PNDMScheduler
+from .scheduling_unipc_multistep import UniPCMultistepScheduler
 from .trainer import DiffusionTrainer, step_noise_seed
 from .training import training_loss
 
@@ -11,5 +22,11 @@ from .training import training_loss
 # module and looks up the base class named "SchedulerMixin" here to pick the loading method
 SchedulerMixin = SchedulerBase
 
-__all__ = ["SchedulerBase", "SchedulerOutput", "sample", "DDIMScheduler", "DDPMScheduler", "DPMSolverMultistepScheduler", "training_loss", "DiffusionTrainer",
+SCHEDULERS = ("DDPMScheduler", "DDIMScheduler", "DPMSolverMultistepScheduler", "DPMSolverSinglestepScheduler",
+              "UniPCMultistepScheduler", "EulerDiscreteScheduler",
+              "EulerAncestralDiscreteScheduler", "HeunDiscreteScheduler", "LMSDiscreteScheduler",
+              "KDPM2DiscreteScheduler", "KDPM2AncestralDiscreteScheduler", "PNDMScheduler", "LCMScheduler",
+              "EDMEulerScheduler", "EDMDPMSolverMultistepScheduler", "FlowMatchEulerDiscreteScheduler")
+
+__all__ = ["SchedulerBase", "SchedulerOutput", "SCHEDULERS", *SCHEDULERS, "sample", "training_loss", "DiffusionTrainer",
            "step_noise_seed"]

@@ -173,7 +173,9 @@ def _model_caller(model) -> Callable:
 
 
 def _step(scheduler, model_output, t, x, generator):
-    kwargs = {} if generator is None else {"generator": generator}
+    # only to a step that takes one (PNDM's does not), as diffusers' pipelines pass it
+    takes_generator = "generator" in inspect.signature(scheduler.step).parameters
+    kwargs = {"generator": generator} if generator is not None and takes_generator else {}
     out = scheduler.step(model_output, t, x, **kwargs)
     return out.prev_sample if hasattr(out, "prev_sample") else out[0]
 

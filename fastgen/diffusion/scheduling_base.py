@@ -18,7 +18,6 @@ import torch
 from .. import _rng
 from ..ops import add_noise as _add_noise_op
 from ..ops import sampling_step
-from ..ops.sampling_step import PM, PX
 from ..ops.step_coefficients import PREDICTION_TYPES
 from . import schedules
 from .._layout import per_sample
@@ -28,16 +27,26 @@ __all__ = ["SchedulerBase", "SchedulerOutput", "SchedulerConfig"]
 
 
 class SchedulerOutput:
-    """``prev_sample`` (x_{t-1}) and, for DDPM/DDIM, ``pred_original_sample`` (x0). Indexes like
-    diffusers' outputs: ``out[0]``, ``out["prev_sample"]``, ``out.to_tuple()``."""
+    """A step's outputs, indexed as diffusers' ``BaseOutput``: attributes, ``out[0]``,
+    ``out["prev_sample"]``, ``to_tuple()``, ``keys()``, ``len(out)``; a field that is None is not a
+    key (as in diffusers). Fields here: ``prev_sample`` (x_{t-1}) and ``pred_original_sample`` (x0);
+    a scheduler whose step returns others names them in a subclass's ``_fields``."""
 
-    def __init__(self, prev_sample: torch.Tensor, pred_original_sample=None, *, has_x0: bool = False):
-        self.prev_sample = prev_sample
-        self.pred_original_sample = pred_original_sample
-        self._has_x0 = has_x0 or pred_original_sample is not None
+    _fields: tuple[str, ...] = ("prev_sample", "pred_original_sample")
 
-    def keys(self):
-        return ("prev_sample", "pred_original_sample") if self._has_x0 else ("prev_sample",)
+    def __init__(self, *args, **kwargs):
+        if len(args) > len(self._fields):
+            raise TypeError(f"{type(self).__name__} takes at most {len(self._fields)} fields, got {len(args)}")
+        values = dict(zip(self._fields, args))
+        for name, value in kwargs.items():
+            if name not in self._fields or name in values:
+                raise TypeError(f"{type(self).__name__} got an unexpected or repeated field {name!r}")
+            values[name] = value
+        for name in self._fields:
+            setattr(self, name, values.get(name))
+
+    def keys(self) -> tuple[str, ...]:
+        return tuple(f for f in self._fields if getattr(self, f) is not None)
 
     def to_tuple(self) -> tuple:
         return tuple(getattr(self, k) for k in self.keys())
@@ -56,7 +65,8 @@ class SchedulerOutput:
         return iter(self.keys())
 
     def __repr__(self):
-        return f"{type(self).__name__}(prev_sample={tuple(self.prev_sample.shape)}, keys={self.keys()})"
+        shapes = ", ".join(f"{k}={tuple(getattr(self, k).shape)}" for k in self.keys())
+        return f"{type(self).__name__}({shapes})"
 
 
 class SchedulerBase(ConfigurableScheduler, *diffusers_bases()):
@@ -81,7 +91,8 @@ class SchedulerBase(ConfigurableScheduler, *diffusers_bases()):
             # saved pipelines name the class by module: name the package, which exports it, so
             # moving a scheduler between files never breaks a saved model_index.json
             cls.__module__ = "fastgen.diffusion"
-        _SCHEDULERS.append(cls)
+        if not cls.__name__.startswith("_") and not cls.__name__.endswith("Base"):  # not a shared base
+            _SCHEDULERS.append(cls)
 
     def _register_config(self, args: dict) -> None:
         super()._register_config(args)
@@ -116,22 +127,17 @@ class SchedulerBase(ConfigurableScheduler, *diffusers_bases()):
         """(row index on ``device``, the timestep as an int where it is known on the host, else None).
 
         An int or a one-element CPU tensor is range-checked and turned into a cached device index;
-        any other integer tensor is the index itself (no host synchronisation). A bool or a
-        floating timestep is a TypeError (diffusers fails on them too, less clearly)."""
-        if isinstance(timestep, (bool, np.bool_)) or (isinstance(timestep, torch.Tensor)
-                                                      and (timestep.dtype == torch.bool or timestep.is_floating_point()
-                                                           or timestep.is_complex())):
-            what = timestep.dtype if isinstance(timestep, torch.Tensor) else type(timestep).__name__
-            raise TypeError(f"timestep must be an int or an integer tensor (a value of scheduler.timesteps), got {what}")
+        any other integer tensor is the index itself (no host synchronisation)."""
+        _require_integer_timestep(timestep)
+        if isinstance(timestep, torch.Tensor) and torch.compiler.is_compiling():
+            return timestep, None  # a traced value: index on the device (the kernels clamp it into the table)
         if isinstance(timestep, (int, np.integer)) or (isinstance(timestep, torch.Tensor)
                                                        and timestep.device.type == "cpu" and timestep.numel() == 1):
             t = int(timestep)
             if not 0 <= t < self._num_rows:
                 raise ValueError(f"timestep must lie in [0, {self._num_rows - 1}], got {t}")
             return self._row_index(t, device), t
-        if isinstance(timestep, torch.Tensor):
-            return timestep, None
-        raise TypeError(f"timestep must be an int or an integer tensor, got {type(timestep).__name__}")
+        return timestep, None
 
     def _fused_step(self, model_output: torch.Tensor, sample: torch.Tensor, coefs: torch.Tensor,
                     index: torch.Tensor, noise_args: dict, return_dict: bool):
@@ -139,14 +145,14 @@ class SchedulerBase(ConfigurableScheduler, *diffusers_bases()):
         x0 is written by the same kernel pass unless ``compute_pred_original_sample`` is off."""
         clip = self.config.clip_sample_range if self.config.clip_sample else None
         want_x0 = self.compute_pred_original_sample
-        out, x0 = sampling_step(sample, model_output, coefs, index, clip_range=clip, return_x0=want_x0,
+        out, x0 = sampling_step(sample, model_output, coefs, index, clip_range=clip, return_state=want_x0,
                                 impl=self.impl, **noise_args)
         self._after_noise(noise_args, sample.numel())
         if x0 is not None:
             x0 = x0.to(model_output.dtype)
         if not return_dict:
             return out, x0
-        return SchedulerOutput(out, x0, has_x0=True)
+        return SchedulerOutput(out, x0)
 
     # -- device caches -------------------------------------------------------------------------
 
@@ -167,22 +173,30 @@ class SchedulerBase(ConfigurableScheduler, *diffusers_bases()):
             rows = self._on("rows", torch.arange(self._num_rows, dtype=torch.int64), device)
         return rows[row]
 
-    def _set_schedule(self, host_timesteps, device) -> None:
-        """Publish the schedule: ``timesteps`` (int64, on ``device``) and its host copy."""
-        self._host_timesteps = host_timesteps
-        self.timesteps = torch.from_numpy(host_timesteps.copy()).to(device)
+    def _set_schedule(self, timesteps, device) -> None:
+        """Publish the schedule ``timesteps`` (a host array or tensor; its dtype is kept) on
+        ``device``, with its host copy and the position of each value that
+        :meth:`index_for_timestep` reads (built here, on the host, so that a step under
+        torch.compile only reads a dict). The step counter restarts, as diffusers' does."""
+        host = torch.as_tensor(timesteps)
+        self._host_timesteps = host.numpy().copy()
+        self.timesteps = host.clone().to(device)
         self._schedule_tensor = self.timesteps
+        self._timestep_dtype = host.dtype
+        self._positions = _positions_of(self._host_timesteps.tolist())
+        self._step_index = None
+        self._begin_index = None
 
-    def _scheduled_value(self, timestep: torch.Tensor) -> int | None:
+    def _scheduled_value(self, timestep: torch.Tensor) -> int | float | None:
         """The value of a one-element tensor that is a view into the ``timesteps`` set_timesteps
         made (``for t in scheduler.timesteps``), read from the host copy: its storage position
         names it, so an accelerator tensor is never read. None for any other tensor."""
         ts = getattr(self, "_schedule_tensor", None)
-        if (ts is None or timestep.numel() != 1 or timestep.device != ts.device
+        if (ts is None or timestep.numel() != 1 or timestep.device != ts.device or timestep.dtype != ts.dtype
                 or timestep.untyped_storage().data_ptr() != ts.untyped_storage().data_ptr()):
             return None
         position = timestep.storage_offset() - ts.storage_offset()
-        return int(self._host_timesteps[position]) if 0 <= position < len(self._host_timesteps) else None
+        return self._host_timesteps[position].item() if 0 <= position < len(self._host_timesteps) else None
 
     def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps) -> torch.Tensor:
         """Forward noising x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) noise (:func:`fastgen.ops.add_noise`)."""
@@ -249,6 +263,136 @@ class SchedulerBase(ConfigurableScheduler, *diffusers_bases()):
         if "seed" in args:
             self.advance_noise(numel)
 
+    # -- the step counter of the schedulers that count steps (all but DDPM / DDIM / PNDM) -----
+
+    _step_index: int | None = None
+    _begin_index: int | None = None
+    # What index_for_timestep makes of a timestep the schedule lacks, as diffusers does: the last
+    # step (the DPM-Solver / UniPC family, EDM's DPM-Solver) or an error (the Euler family, flow
+    # matching, EDM's Euler, LCM).
+    _absent_timestep_is_last = False
+    # diffusers' Euler schedulers step over the training schedule their constructor publishes
+    _steps_before_set_timesteps = False
+
+    @property
+    def step_index(self) -> int | None:
+        """The counter of the current step (None before the first step)."""
+        return self._step_index
+
+    @property
+    def begin_index(self) -> int | None:
+        """The first step's index when a pipeline set it (``set_begin_index``), else None."""
+        return self._begin_index
+
+    def set_begin_index(self, begin_index: int = 0) -> None:
+        """Start the counter at ``begin_index`` (pipelines that start mid-schedule call this)."""
+        if isinstance(begin_index, bool) or not isinstance(begin_index, (int, np.integer)) or begin_index < 0:
+            raise ValueError(f"begin_index must be an int >= 0, got {begin_index!r}")
+        self._begin_index = int(begin_index)
+
+    def _host_value(self, timestep, dtype: torch.dtype | None = None) -> int | float | None:
+        """The value of a one-element ``timestep`` where the host knows it without reading an
+        accelerator (a Python or numpy number, a CPU tensor, a view into ``timesteps``), else None;
+        as a value of ``dtype`` (default: the schedule's), since diffusers compares the two in the
+        schedule's dtype: rounded to float32 for a float32 schedule, an int for an integer one
+        (a fractional value stays a float there, and matches no timestep)."""
+        if isinstance(timestep, (bool, np.bool_)) or (isinstance(timestep, torch.Tensor)
+                                                      and (timestep.dtype == torch.bool or timestep.is_complex())):
+            raise TypeError(f"timestep must be a real number or a one-element tensor of them, got {timestep!r}")
+        if isinstance(timestep, torch.Tensor):
+            if timestep.numel() != 1:
+                raise ValueError(f"timestep must be a single value, got a tensor of shape {tuple(timestep.shape)}")
+            timestep = timestep.item() if timestep.device.type == "cpu" else self._scheduled_value(timestep)
+            if timestep is None:
+                return None
+        elif not isinstance(timestep, (int, float, np.number)):
+            raise TypeError(f"timestep must be a number or a one-element tensor, got {type(timestep).__name__}")
+        dtype = self._timestep_dtype if dtype is None else dtype
+        if dtype.is_floating_point:
+            return float(np.float32(timestep)) if dtype == torch.float32 else float(timestep)
+        return int(timestep) if float(timestep).is_integer() else float(timestep)
+
+    def index_for_timestep(self, timestep, schedule_timesteps=None) -> int:
+        """Position of ``timestep`` in the schedule as diffusers resolves it: the second match when
+        it repeats (so a schedule that starts mid-way, as img2img's, skips no sigma); when absent,
+        the last position or a ValueError (``_absent_timestep_is_last``). A device tensor that is
+        not a view into ``timesteps`` is read here, once, as diffusers reads it."""
+        if schedule_timesteps is None:
+            positions, dtype = self._positions, self._timestep_dtype
+        else:
+            schedule = torch.as_tensor(schedule_timesteps).detach().cpu().reshape(-1)
+            positions, dtype = _positions_of(schedule.tolist()), schedule.dtype
+        value = self._host_value(timestep, dtype)
+        if value is None:
+            value = self._host_value(timestep.cpu(), dtype)
+        index = positions.get(value)
+        if index is None:
+            if not self._absent_timestep_is_last:
+                raise ValueError(f"timestep {value} is not one of the scheduler's timesteps (not in the schedule); "
+                                 f"pass a value of scheduler.timesteps, or call set_begin_index")
+            index = len(self.timesteps) - 1
+        return index
+
+    def _init_step_index(self, timestep) -> None:
+        """Set the counter before the first step, without reading an accelerator: from
+        ``set_begin_index``; else from the timestep's host value (:meth:`_host_value`); under
+        torch.compile a traced timestep has no host value, so the loop is taken to start at the
+        schedule's first timestep, checked on the device (a mismatch raises when the graph runs)."""
+        if self._begin_index is not None:
+            self._step_index = self._begin_index
+        elif isinstance(timestep, torch.Tensor) and torch.compiler.is_compiling():
+            first = self._on("timesteps", self.timesteps, timestep.device)[0]
+            torch._assert_async((timestep.reshape(-1)[0] == first).all(),
+                                "the first traced step must be at the schedule's first timestep; call "
+                                "set_begin_index(i) to start elsewhere")
+            self._step_index = 0
+        else:
+            self._step_index = self.index_for_timestep(timestep)
+
+    def _begin_step(self, timestep, num_steps: int | None) -> int:
+        """This step's index (a host int): found from ``timestep`` on the first step (or taken from
+        set_begin_index), counted after; checked against the ``num_steps`` the schedule holds
+        (None: not checked)."""
+        self._require_timesteps()
+        if self._step_index is None:
+            self._init_step_index(timestep)
+        i = self._step_index
+        if num_steps is not None and not 0 <= i < num_steps:
+            raise ValueError(f"step called at step index {i}, past the end of the schedule ({num_steps} steps after "
+                             f"set_timesteps); call set_timesteps again")
+        return i
+
     def _require_timesteps(self) -> None:
-        if self.num_inference_steps is None:
+        if self.num_inference_steps is None and not self._steps_before_set_timesteps:
             raise ValueError(f"{type(self).__name__}.step called before set_timesteps(num_inference_steps)")
+
+    def _refuse_integer_timestep(self, timestep) -> None:
+        """diffusers' error for an integer where the schedule holds float timesteps: an index passed
+        by mistake (``enumerate(timesteps)``), not a timestep."""
+        if isinstance(timestep, int) or (isinstance(timestep, torch.Tensor) and not timestep.is_floating_point()):
+            raise ValueError(f"Passing integer indices (e.g. from `enumerate(timesteps)`) as timesteps to "
+                             f"`{type(self).__name__}.step()` is not supported. Make sure to pass one of the "
+                             f"`scheduler.timesteps` as a timestep.")
+
+
+def _positions_of(values: list) -> dict:
+    """{value: its position as diffusers resolves it}: the second occurrence of a repeated value."""
+    positions, seen = {}, {}
+    for position, value in enumerate(values):
+        seen[value] = seen.get(value, 0) + 1
+        if seen[value] <= 2:
+            positions[value] = position
+    return positions
+
+
+def _require_integer_timestep(timestep) -> None:
+    """The check of the schedulers that index their table by the timestep itself (DDPM, DDIM,
+    PNDM): a bool, a floating or a non-numeric timestep is a TypeError (diffusers fails on them
+    too, less clearly)."""
+    if isinstance(timestep, (bool, np.bool_)) or (isinstance(timestep, torch.Tensor)
+                                                  and (timestep.dtype == torch.bool or timestep.is_floating_point()
+                                                       or timestep.is_complex())):
+        what = timestep.dtype if isinstance(timestep, torch.Tensor) else type(timestep).__name__
+        raise TypeError(f"timestep must be an int or an integer tensor (a value of scheduler.timesteps), got {what}")
+    if not isinstance(timestep, (int, np.integer, torch.Tensor)):
+        raise TypeError(f"timestep must be an int or an integer tensor, got {type(timestep).__name__}")

@@ -91,6 +91,8 @@ class DDPMScheduler(SchedulerBase):
         """The host value of a scalar timestep when it costs no sync, else None."""
         if isinstance(timestep, (int, np.integer)):
             return int(timestep)
+        if torch.compiler.is_compiling():
+            return None  # traced: unknown on the host, so noise is drawn (rows with t = 0 ignore it)
         if timestep.device.type == "cpu":
             return int(timestep.reshape(-1).max())
         return self._scheduled_value(timestep)

@@ -78,7 +78,7 @@ def ddpm_step(model_output: torch.Tensor, sample: torch.Tensor, alpha_prod_t, al
     rows = ddpm_coefficients(alpha_prod_t, alpha_prod_t_prev, prediction_type=prediction_type,
                              variance_type=variance_type)
     out, x0 = _run(sample, model_output, rows, noisy=True, noise=noise, generator=generator, seed=seed,
-                   noise_dtype=model_output.dtype, clip_range=clip_sample_range, return_x0=return_pred_original,
+                   noise_dtype=model_output.dtype, clip_range=clip_sample_range, return_state=return_pred_original,
                    impl=impl)
     return (out, x0) if return_pred_original else out
 
@@ -102,7 +102,7 @@ def ddim_step(model_output: torch.Tensor, sample: torch.Tensor, alpha_prod_t, al
     rows = ddim_coefficients(alpha_prod_t, alpha_prod_t_prev, eta=eta, prediction_type=prediction_type,
                              use_clipped_model_output=use_clipped_model_output)
     out, x0 = _run(sample, model_output, rows, noisy=eta > 0, noise=noise, generator=generator, seed=seed,
-                   noise_dtype=model_output.dtype, clip_range=clip_sample_range, return_x0=return_pred_original,
+                   noise_dtype=model_output.dtype, clip_range=clip_sample_range, return_state=return_pred_original,
                    impl=impl)
     return (out, x0) if return_pred_original else out
 
@@ -135,4 +135,5 @@ def dpmpp_2m_step(model_output: torch.Tensor, sample: torch.Tensor, prev_x0: tor
     rows = dpmpp_coefficients(alpha_t, sigma_t, alpha_s0, sigma_s0, alpha_s1, sigma_s1, prediction_type=prediction_type,
                               algorithm_type=algorithm_type, solver_type=solver_type)
     return _run(sample, model_output, rows, noisy=algorithm_type == "sde-dpmsolver++", noise=noise, generator=generator,
-                seed=seed, noise_dtype=torch.float32, prev_x0=prev_x0, return_x0=True, impl=impl)
+                seed=seed, noise_dtype=torch.float32, history=() if prev_x0 is None else (prev_x0,), return_state=True,
+                impl=impl)

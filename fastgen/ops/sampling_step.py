@@ -1,26 +1,33 @@
-"""One reverse-diffusion step, fused: DDPM, DDIM and DPM-Solver++ are all this one affine update.
+"""One reverse-diffusion step, fused: DDPM, DDIM, DPM-Solver++, and the multistep / two-stage
+solvers (LMS, PNDM, UniPC, DPM-Solver order 3, Heun, KDPM2) are all this one affine update.
 
 Per sample b, with the coefficient row ``c = coefs[index[b]]`` (float32, :data:`NUM_COEFS` wide),
-x = sample, m = model_output, p = prev_x0 (the previous step's x0, multistep solvers only) and z
-Gaussian noise::
+x = sample, m = model_output, h1..h4 = the ``history`` tensors (past x0, derivatives or epsilons,
+whatever the scheduler's rows combine; an absent slot is zero and never read) and z Gaussian noise::
 
-    x0  = c[PX] * x + c[PM] * m                    # predicted clean sample (epsilon / sample / v)
-    x0  = clamp(x0, -clip_range, clip_range)       # when clip_range is given
-    eps = c[EX] * x + c[EM] * m + c[E0] * x0       # predicted noise (DDIM's direction term)
-    out = c[OX] * x + c[O0] * x0 + c[OE] * eps + c[O1] * p + c[SZ] * z
+    x0    = c[PX] * x + c[PM] * m                  # predicted clean sample (epsilon / sample / v)
+    x0    = clamp(x0, -clip_range, clip_range)     # when clip_range is given
+    eps   = c[EX] * x + c[EM] * m + c[E0] * x0     # predicted noise (DDIM's direction term)
+    out   = c[OX] * x + c[O0] * x0 + c[OE] * eps
+            + c[H1] * h1 + c[H2] * h2 + c[H3] * h3 + c[H4] * h4 + c[SZ] * z
+    state = c[SX] * x + c[S0] * x0 + c[SE] * eps   # what the scheduler keeps for later steps
 
-``out`` is x_{t-1} in the sample's dtype; x0 is returned in float32 when asked for (multistep
-state and diffusers' ``pred_original_sample``). All arithmetic is float32. The coefficient tables
-are built once per schedule (``fastgen.ops.step_coefficients``) and live on the device, so a step
-reads its row there: no host-device synchronisation, and a CUDA graph can capture it.
+``out`` is x_{t-1} in the sample's dtype; ``state`` is float32 and written only when asked for
+(multistep history, diffusers' ``pred_original_sample``: rows with S0 = 1 and SX = SE = 0 give
+state = x0; rows with all three zero give state = 0). All arithmetic is float32. The coefficient
+tables are built once per schedule (``fastgen.ops.step_coefficients``) and live on the device, so
+a step reads its row there: no host-device synchronisation, and a CUDA graph can capture it.
 
 z is the caller's ``noise`` tensor, or Philox noise from ``rng`` (fastgen/_rng.py), or zero when
 neither is given; rows with c[SZ] == 0 never touch noise (a NaN there does not leak into out).
+More generally a term whose coefficient is 0 contributes exactly 0, whatever its operand: an
+infinite model output (a float16 overflow) that the row does not use, or clips away, gives the
+finite result diffusers gives, not 0 * inf = NaN.
 
 Implementations: the reference below, a Triton kernel (``kernels/sampling_step.py``), a CUDA kernel
 (``csrc/sampling_step.cu``) and a C++/OpenMP CPU kernel (``csrc/cpu/sampling_step.cpp``). The
-kernels read sample, model_output and noise in the sample's dtype and prev_x0 in the sample's
-dtype or float32; :func:`sampling_step` converts other dtypes first.
+kernels read sample, model_output and noise in the sample's dtype and each history tensor in the
+sample's dtype or float32; :func:`sampling_step` converts other dtypes first.
 """
 from __future__ import annotations
 
@@ -32,110 +39,126 @@ from .._cpu_signatures import DTYPE_CODES, call, ptr
 IMPLS = ("triton", "cuda", "cpu", "reference")
 
 # Columns of a coefficient row.
-PX, PM, EX, EM, E0, OX, O0, OE, O1, SZ = range(10)
-NUM_COEFS = 10
+PX, PM, EX, EM, E0, OX, O0, OE, H1, H2, H3, H4, SZ, SX, S0, SE = range(16)
+NUM_COEFS = 16
+MAX_HISTORY = 4
+HISTORY_COLUMNS = (H1, H2, H3, H4)
 
 
 def sampling_step_ref(sample: torch.Tensor, model_output: torch.Tensor, coefs: torch.Tensor, index: torch.Tensor,
-                      prev_x0: torch.Tensor | None = None, noise: torch.Tensor | None = None,
-                      rng: torch.Tensor | None = None, clip_range: float | None = None,
-                      return_x0: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+                      history=(), noise: torch.Tensor | None = None, rng: torch.Tensor | None = None,
+                      clip_range: float | None = None, return_state: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Pure-torch step. sample, model_output: (B, ...) float; coefs: float32 (N, NUM_COEFS);
-    index: int64 (B,); prev_x0: float (B, ...) or None; noise: (B, ...) or None; rng: int64
-    [seed, offset] or None. Returns (x_{t-1} in sample's dtype, x0 float32 or an empty tensor)."""
+    index: int64 (B,); history: up to 4 float tensors (B, ...) or None (slot i absent: zero);
+    noise: (B, ...) or None; rng: int64 [seed, offset] or None. Returns (x_{t-1} in sample's dtype,
+    state in float32 (float64 for float64 samples) or an empty tensor)."""
+    if len(history) > MAX_HISTORY:
+        raise ValueError(f"history holds at most {MAX_HISTORY} tensors, got {len(history)}")
     acc = torch.promote_types(sample.dtype, torch.float32)
     c = coefs[index.clamp(0, coefs.shape[0] - 1)].to(acc)  # (B, NUM_COEFS)
 
     def col(k):
         return _layout.per_sample(c[:, k], sample)
 
+    def term(k, v):  # a zero coefficient contributes exactly 0, even for an infinite or NaN operand
+        ck = col(k)
+        return torch.where(ck != 0, ck * v, 0.0)
+
     x, m = sample.to(acc), model_output.to(acc)
-    x0 = col(PX) * x + col(PM) * m
+    x0 = term(PX, x) + term(PM, m)
     if clip_range is not None:
         x0 = x0.clamp(-clip_range, clip_range)
-    eps = col(EX) * x + col(EM) * m + col(E0) * x0
-    out = col(OX) * x + col(O0) * x0 + col(OE) * eps
-    if prev_x0 is not None:
-        out = out + col(O1) * prev_x0.to(acc)
+    eps = term(EX, x) + term(EM, m) + term(E0, x0)
+    out = term(OX, x) + term(O0, x0) + term(OE, eps)
+    for k, h in zip(HISTORY_COLUMNS, history):
+        if h is not None:
+            out = out + term(k, h.to(acc))
     if noise is None and rng is not None:
         noise = _layout.flat_as(_rng.philox_normal_ref(rng, sample.numel()), sample)
     if noise is not None:
         sz = col(SZ)
         # rows with SZ == 0 ignore z entirely, as the kernels do (0 * NaN would be NaN)
         out = out + sz * noise.to(acc).masked_fill(sz == 0, 0.0)
-    x0_out = x0.to(acc) if return_x0 else sample.new_empty(0, dtype=acc)
-    return out.to(sample.dtype), x0_out
+    if return_state:
+        state = term(SX, x) + term(S0, x0) + term(SE, eps)
+    else:
+        state = sample.new_empty(0, dtype=acc)
+    return out.to(sample.dtype), state
 
 
 @torch.library.custom_op("fastgen::sampling_step", mutates_args=())
 def _sampling_step_op(sample: torch.Tensor, model_output: torch.Tensor, coefs: torch.Tensor, index: torch.Tensor,
-                      prev_x0: torch.Tensor | None, noise: torch.Tensor | None, rng: torch.Tensor | None,
-                      clip_range: float | None, return_x0: bool, impl: str) -> tuple[torch.Tensor, torch.Tensor]:
+                      h1: torch.Tensor | None, h2: torch.Tensor | None, h3: torch.Tensor | None,
+                      h4: torch.Tensor | None, noise: torch.Tensor | None, rng: torch.Tensor | None,
+                      clip_range: float | None, return_state: bool, impl: str) -> tuple[torch.Tensor, torch.Tensor]:
+    history = (h1, h2, h3, h4)
     if impl == "reference":
-        out, x0 = sampling_step_ref(sample, model_output, coefs, index, prev_x0, noise, rng, clip_range, return_x0)
-        return out, x0
+        out, state = sampling_step_ref(sample, model_output, coefs, index, history, noise, rng, clip_range,
+                                       return_state)
+        return out, state
     out = _layout.new_output(sample)
-    x0 = _layout.new_output(sample, torch.float32) if return_x0 else sample.new_empty(0, dtype=torch.float32)
+    state = _layout.new_output(sample, torch.float32) if return_state else sample.new_empty(0, dtype=torch.float32)
     if out.numel() == 0:
-        return out, x0
-    x0_arg = x0 if return_x0 else None
+        return out, state
+    state_arg = state if return_state else None
     if impl == "triton":
         from fastgen.kernels import sampling_step as kernel
 
-        kernel.sampling_step(sample, model_output, prev_x0, noise, index, coefs, rng, clip_range, out, x0_arg)
+        kernel.sampling_step(sample, model_output, history, noise, index, coefs, rng, clip_range, out, state_arg)
     elif impl == "cuda":
-        _native.cuda_ext().sampling_step(sample, model_output, prev_x0, noise, out, x0_arg, index, coefs, rng,
+        _native.cuda_ext().sampling_step(sample, model_output, *history, noise, out, state_arg, index, coefs, rng,
                                          clip_range)
     elif impl == "cpu":
         batch = sample.shape[0]
         call(_native.cpu_lib(), "fastgen_sampling_step_cpu", DTYPE_CODES[sample.dtype], ptr(sample),
-             ptr(model_output), ptr(prev_x0), DTYPE_CODES[prev_x0.dtype] if prev_x0 is not None else 0, ptr(noise),
-             ptr(out), ptr(x0_arg), ptr(index), index.stride(0), ptr(coefs), coefs.shape[0], ptr(rng),
+             ptr(model_output), *(ptr(h) for h in history),
+             *(DTYPE_CODES[h.dtype] if h is not None else 0 for h in history), ptr(noise), ptr(out), ptr(state_arg),
+             ptr(index), index.stride(0), ptr(coefs), coefs.shape[0], ptr(rng),
              float("inf") if clip_range is None else clip_range, batch, sample.numel() // batch)
     else:
         raise AssertionError(impl)
-    return out, x0
+    return out, state
 
 
 @_sampling_step_op.register_fake
-def _(sample, model_output, coefs, index, prev_x0, noise, rng, clip_range, return_x0, impl):
-    x0 = torch.empty_like(sample, dtype=torch.float32) if return_x0 else sample.new_empty(0, dtype=torch.float32)
-    return torch.empty_like(sample), x0
+def _(sample, model_output, coefs, index, h1, h2, h3, h4, noise, rng, clip_range, return_state, impl):
+    state = torch.empty_like(sample, dtype=torch.float32) if return_state else sample.new_empty(0, dtype=torch.float32)
+    return torch.empty_like(sample), state
 
 
 def _setup_context(ctx, inputs, output):
-    sample, model_output, coefs, index, prev_x0, noise, rng, clip_range, return_x0, impl = inputs
-    ctx.save_for_backward(sample, model_output, coefs, index, prev_x0, noise, rng)
+    sample, model_output, coefs, index, h1, h2, h3, h4, noise, rng, clip_range, return_state, impl = inputs
+    ctx.save_for_backward(sample, model_output, coefs, index, h1, h2, h3, h4, noise, rng)
     ctx.clip_range = clip_range
 
 
-def _backward(ctx, grad_out, grad_x0):
+def _backward(ctx, grad_out, grad_state):
     # The step is affine up to the clamp, so the reference's vector-Jacobian product is exact and
     # cheap; computed with torch ops it is itself differentiable (guidance through a sampler).
-    sample, model_output, coefs, index, prev_x0, noise, rng = ctx.saved_tensors
-    wants = [t for t in (sample, model_output, prev_x0, noise) if t is not None]
+    sample, model_output, coefs, index, h1, h2, h3, h4, noise, rng = ctx.saved_tensors
+    inputs = (sample, model_output, h1, h2, h3, h4, noise)
     with torch.enable_grad():
-        leaves = [t.detach().requires_grad_(True) for t in wants]
+        leaves = [t.detach().requires_grad_(True) for t in inputs if t is not None]
         it = iter(leaves)
-        args = [next(it) if t is not None else None for t in (sample, model_output, prev_x0, noise)]
-        out, x0 = sampling_step_ref(args[0], args[1], coefs, index, args[2], args[3], rng, ctx.clip_range,
-                                    return_x0=grad_x0 is not None and grad_x0.numel() > 0)
+        args = [next(it) if t is not None else None for t in inputs]
+        out, state = sampling_step_ref(args[0], args[1], coefs, index, args[2:6], args[6], rng, ctx.clip_range,
+                                       return_state=grad_state is not None and grad_state.numel() > 0)
         outputs, grads = [out], [grad_out]
-        if x0.numel() > 0:
-            outputs.append(x0)
-            grads.append(grad_x0)
+        if state.numel() > 0:
+            outputs.append(state)
+            grads.append(grad_state)
         got = iter(torch.autograd.grad(outputs, leaves, grads, allow_unused=True,
                                        create_graph=torch.is_grad_enabled()))
-    g = [next(got) if t is not None else None for t in (sample, model_output, prev_x0, noise)]
-    return g[0], g[1], None, None, g[2], g[3], None, None, None, None
+    g = [next(got) if t is not None else None for t in inputs]
+    return g[0], g[1], None, None, g[2], g[3], g[4], g[5], g[6], None, None, None, None
 
 
 _sampling_step_op.register_autograd(_backward, setup_context=_setup_context)
 
 
 def sampling_step(sample: torch.Tensor, model_output: torch.Tensor, coefs: torch.Tensor, index, *,
-                  prev_x0: torch.Tensor | None = None, noise: torch.Tensor | None = None, generator=None,
-                  seed=None, clip_range: float | None = None, return_x0: bool = False,
+                  history=(), noise: torch.Tensor | None = None, generator=None, seed=None,
+                  clip_range: float | None = None, return_state: bool = False,
                   impl: str = "auto") -> tuple[torch.Tensor, torch.Tensor | None]:
     """One fused reverse-diffusion step (see the module docstring for the math).
 
@@ -147,16 +170,18 @@ def sampling_step(sample: torch.Tensor, model_output: torch.Tensor, coefs: torch
         coefs: float32 (N, NUM_COEFS) coefficient table on the device.
         index: which row of ``coefs`` each sample uses: an int, or an integer tensor of shape
             () / (1,) / (B,) on the device (a device tensor costs no host synchronisation).
-        prev_x0: the previous step's x0 (multistep solvers), x_t's shape, in the sample's dtype or
-            float32 (other dtypes are converted to float32); None means zero.
+        history: a tuple / list of 0..4 tensors (h1..h4 of the formula), each x_t's shape, in the
+            sample's dtype or float32 (other dtypes are converted to float32); a None entry or a
+            slot past the end is zero and is never read.
         noise: z, x_t's shape. Else drawn from ``generator`` exactly as diffusers' randn_tensor
             draws it (shape and dtype of model_output), else Philox noise from ``seed`` (int or
             an int64 state tensor [seed, offset] on the device), else z = 0.
         clip_range: clamp x0 into [-clip_range, clip_range] (diffusers' clip_sample).
-        return_x0: also return x0 (float32); otherwise the second result is None.
+        return_state: also return state = SX x + S0 x0 + SE eps (float32); otherwise the second
+            result is None.
         impl: "auto", "triton", "cuda", "cpu" or "reference".
 
-    Returns (x_{t-1}, x0 or None).
+    Returns (x_{t-1}, state or None).
     """
     sample = _validate.check_floating("sample", sample)
     model_output = _validate.check_like("model_output", model_output, "sample", sample)
@@ -169,10 +194,18 @@ def sampling_step(sample: torch.Tensor, model_output: torch.Tensor, coefs: torch
         raise TypeError(f"clip_range must be a positive number or None, got {type(clip_range).__name__}")
     if clip_range is not None and not clip_range > 0:
         raise ValueError(f"clip_range must be a positive number or None, got {clip_range}")
+    if isinstance(history, torch.Tensor) or not isinstance(history, (tuple, list)):
+        raise TypeError(f"history must be a tuple or list of 0..{MAX_HISTORY} tensors, got {type(history).__name__}")
+    names = [f"history[{i}]" for i in range(len(history))]
+    if len(history) > MAX_HISTORY:
+        raise ValueError(f"history must hold at most {MAX_HISTORY} tensors (columns H1..H4), got {len(history)}")
+    return_state = bool(return_state)
     sample = _layout.batch_major(sample)
     model_output = _layout.match_layout(model_output, sample)
-    if prev_x0 is not None:
-        prev_x0 = _layout.match_layout(_validate.check_like("prev_x0", prev_x0, "sample", sample), sample)
+    slots = [None] * MAX_HISTORY
+    for i, (name, h) in enumerate(zip(names, history)):
+        if h is not None:
+            slots[i] = _layout.match_layout(_validate.check_like(name, h, "sample", sample), sample)
     if noise is None and generator is not None:
         noise = _rng.randn_like_diffusers(model_output.shape, generator, sample.device, model_output.dtype)
     rng = None
@@ -184,11 +217,10 @@ def sampling_step(sample: torch.Tensor, model_output: torch.Tensor, coefs: torch
         rng = _validate.check_seed("seed", seed, sample.device)
     chosen = _impl.resolve("sampling_step", impl, sample.device, IMPLS, sample.dtype)
     if chosen != "reference":
-        # The kernels read every operand in the sample's dtype, except prev_x0 which may stay float32.
+        # The kernels read every operand in the sample's dtype, except history which may stay float32.
         model_output = model_output.to(sample.dtype)
         noise = None if noise is None else noise.to(sample.dtype)
-        if prev_x0 is not None and prev_x0.dtype not in (sample.dtype, torch.float32):
-            prev_x0 = prev_x0.to(torch.float32)
-    out, x0 = _sampling_step_op(sample, model_output, coefs.contiguous(), index, prev_x0, noise, rng,
-                                None if clip_range is None else float(clip_range), return_x0, chosen)
-    return out, (x0 if return_x0 else None)
+        slots = [h if h is None or h.dtype in (sample.dtype, torch.float32) else h.to(torch.float32) for h in slots]
+    out, state = _sampling_step_op(sample, model_output, coefs.contiguous(), index, *slots, noise, rng,
+                                   None if clip_range is None else float(clip_range), return_state, chosen)
+    return out, (state if return_state else None)

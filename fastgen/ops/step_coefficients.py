@@ -4,9 +4,13 @@ Each builder takes schedule values (Python floats or float tensors of any shape 
 device), computes in float64 and returns float32 rows of shape ``S + (NUM_COEFS,)``. The kernel
 then evaluates, per sample (columns named as in :mod:`fastgen.ops.sampling_step`)::
 
-    x0  = PX x + PM m,  clamped when the caller clips
-    eps = EX x + EM m + E0 x0
-    out = OX x + O0 x0 + OE eps + O1 x0_prev + SZ z
+    x0    = PX x + PM m,  clamped when the caller clips
+    eps   = EX x + EM m + E0 x0
+    out   = OX x + O0 x0 + OE eps + H1 h1 + H2 h2 + H3 h3 + H4 h4 + SZ z
+    state = SX x + S0 x0 + SE eps
+
+Every row built here sets S0 = 1 (SX = SE = 0), so the state a step returns is its x0: diffusers'
+``pred_original_sample``, and the history (h1 = the previous x0) of DPM-Solver++'s next step.
 
 Notation: a = alpha_prod_t (cumulative product of 1 - beta up to the current timestep t),
 a' = alpha_prod_t_prev (at the timestep the step lands on), m = the model output.
@@ -20,7 +24,7 @@ from __future__ import annotations
 
 import torch
 
-from .sampling_step import E0, EM, EX, NUM_COEFS, O0, O1, OE, OX, PM, PX, SZ
+from .sampling_step import E0, EM, EX, H1, H2, H3, H4, NUM_COEFS, O0, OE, OX, PM, PX, S0, SE, SX, SZ
 
 PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
 DDPM_VARIANCE_TYPES = ("fixed_small", "fixed_small_log", "fixed_large", "fixed_large_log")
@@ -40,12 +44,15 @@ def _check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
         raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
 
 
+_COLUMNS = {"PX": PX, "PM": PM, "EX": EX, "EM": EM, "E0": E0, "OX": OX, "O0": O0, "OE": OE, "H1": H1, "H2": H2,
+            "H3": H3, "H4": H4, "SZ": SZ, "SX": SX, "S0": S0, "SE": SE}
+
+
 def _rows(shape, device, **cols) -> torch.Tensor:
     """Assemble float64 columns (by name) into float32 rows; absent columns are zero."""
     out = torch.zeros(tuple(shape) + (NUM_COEFS,), dtype=torch.float64, device=device)
-    index = {"PX": PX, "PM": PM, "EX": EX, "EM": EM, "E0": E0, "OX": OX, "O0": O0, "OE": OE, "O1": O1, "SZ": SZ}
     for name, value in cols.items():
-        out[..., index[name]] = value
+        out[..., _COLUMNS[name]] = value
     return out.to(torch.float32)
 
 
@@ -93,7 +100,7 @@ def ddpm_coefficients(alpha_prod_t, alpha_prod_t_prev, *, prediction_type: str =
     if add_noise_mask is not None:
         std = torch.where(torch.as_tensor(add_noise_mask, device=std.device), std, torch.zeros_like(std))
     return _rows(a.shape, a.device, PX=px, PM=pm, O0=a_prev.sqrt() * beta / (1.0 - a),
-                 OX=(a / a_prev).sqrt() * (1.0 - a_prev) / (1.0 - a), SZ=std)
+                 OX=(a / a_prev).sqrt() * (1.0 - a_prev) / (1.0 - a), SZ=std, S0=1.0)
 
 
 def ddim_coefficients(alpha_prod_t, alpha_prod_t_prev, *, eta: float = 0.0, prediction_type: str = "epsilon",
@@ -115,7 +122,7 @@ def ddim_coefficients(alpha_prod_t, alpha_prod_t_prev, *, eta: float = 0.0, pred
     else:
         (ex, em), e0 = _eps_coefficients(sqrt_a, sqrt_b, prediction_type), torch.zeros_like(a)
     return _rows(a.shape, a.device, PX=px, PM=pm, EX=ex, EM=em, E0=e0, O0=a_prev.sqrt(),
-                 OE=(1.0 - a_prev - std * std).sqrt(), SZ=std)
+                 OE=(1.0 - a_prev - std * std).sqrt(), SZ=std, S0=1.0)
 
 
 def dpmpp_coefficients(alpha_t, sigma_t, alpha_s0, sigma_s0, alpha_s1=None, sigma_s1=None, *,
@@ -124,7 +131,7 @@ def dpmpp_coefficients(alpha_t, sigma_t, alpha_s0, sigma_s0, alpha_s1=None, sigm
     """Rows of one multistep DPM-Solver++ step (Lu et al. 2022, arXiv:2211.01095), float32 ``S + (NUM_COEFS,)``.
 
     The step goes from the current point s0 (alpha_s0, sigma_s0, where the model ran) to the target t;
-    s1 is the previous point, whose x0 (``prev_x0`` of the kernel) the second-order update uses.
+    s1 is the previous point, whose x0 (history h1 of the kernel) the second-order update uses.
     Without s1 the update is first order. lambda = log(alpha) - log(sigma), h = lambda_t - lambda_s0,
     r = (lambda_s0 - lambda_s1) / h, D1 = (x0 - x0_prev) / r::
 
@@ -162,9 +169,9 @@ def dpmpp_coefficients(alpha_t, sigma_t, alpha_s0, sigma_s0, alpha_s1=None, sigm
         else:
             c = at * (torch.expm1(-2.0 * h) / (2.0 * h) + 1.0)
         sz = st * (-torch.expm1(-2.0 * h)).sqrt()
-    o1 = torch.zeros_like(at)
+    h1 = torch.zeros_like(at)
     if second:
         a1, s1 = values[4:]
         inv_r = h / ((a0.log() - s0.log()) - (a1.log() - s1.log()))
-        o0, o1 = o0 + c * inv_r, -c * inv_r
-    return _rows(at.shape, at.device, PX=px, PM=pm, OX=ox, O0=o0, O1=o1, SZ=sz)
+        o0, h1 = o0 + c * inv_r, -c * inv_r
+    return _rows(at.shape, at.device, PX=px, PM=pm, OX=ox, O0=o0, H1=h1, SZ=sz, S0=1.0)
