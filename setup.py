@@ -85,10 +85,13 @@ setup(
     ext_modules=ext_modules,
     cmdclass=cmdclass,
     install_requires=["torch>=2.5", "triton>=3.2", "numpy", "ninja", "tqdm", "pillow"],
-    # diffusers is the reference the benchmarks and tests compare with; fastgen itself never imports it.
+    # diffusers is the reference the benchmarks and tests compare with, and the optional host of the
+    # drop-in schedulers (where it is installed they subclass its SchedulerMixin); nothing needs it.
     extras_require={
         "bench": ["diffusers>=0.30"],
-        "test": ["pytest", "pytest-benchmark", "hypothesis", "diffusers>=0.30"],
+        "test": ["pytest", "pytest-benchmark", "hypothesis", "diffusers>=0.30", "scipy"],
+        # use_beta_sigmas=True (Beta-distributed sigmas) needs scipy.stats, as in diffusers
+        "beta-sigmas": ["scipy"],
     },
     entry_points={"console_scripts": ["fastgen=fastgen.cli:main"]},
 )

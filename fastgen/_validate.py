@@ -80,7 +80,9 @@ def check_timesteps(name: str, t: object, batch: int, num_train: int, device: to
         if t.dim() > 1 or (t.dim() == 1 and t.shape[0] not in (1, batch)):
             raise ValueError(f"{name} must be a scalar or of shape ({batch},) (one per sample), got {tuple(t.shape)}")
         if t.device.type == "cpu" and t.numel() > 0 and not torch.compiler.is_compiling():
-            lo, hi = int(t.min()), int(t.max())
+            lo = hi = int(t) if t.numel() == 1 else None  # one read instead of two reductions: a step's common case
+            if lo is None:
+                lo, hi = int(t.min()), int(t.max())
             if lo < 0 or hi >= num_train:
                 raise ValueError(f"{name} must lie in [0, {num_train - 1}] (the table's length), got values in [{lo}, {hi}]")
         if t.device != device:

@@ -190,16 +190,21 @@ def _scheduler_loop(sched, steps: int, model_output: torch.Tensor, sample: torch
         # set_timesteps in every loop resets multistep state; both libraries pay it alike.
         sched.set_timesteps(steps, device=sample.device)
         x = sample
+        scale = getattr(sched, "scale_model_input", None)  # flow matching has none
         for t in sched.timesteps:
+            if scale is not None:
+                scale(x, t)  # a pipeline's per-step scheduler work: scale the input, step
             x = sched.step(model_output, t, x).prev_sample
         return x
     return loop
 
 
 def scheduler_loops(case: DiffusionCase, steps: int, timing: dict, names=SCHEDULERS) -> list[benchmarking.Comparison]:
-    """fastgen.diffusion.<name> vs diffusers.<name>, default configuration, ``steps``-step loops.
+    """fastgen.diffusion.<name> vs diffusers.<name>, default configuration, ``steps``-step loops of
+    ``scale_model_input`` + ``step`` with a fixed model output (a pipeline's scheduler work).
 
-    Rows report seconds per step (the loop's median / steps)."""
+    Rows report seconds per step (the loop's median / steps; two-stage solvers such as Heun and
+    KDPM2 make 2 * steps - 1 calls per loop)."""
     import diffusers
 
     fg = importlib.import_module("fastgen.diffusion")

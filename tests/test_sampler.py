@@ -7,6 +7,8 @@ import logging
 import pytest
 import torch
 
+import fastgen.diffusion as fd
+
 from fastgen.diffusion import sampler
 from fastgen.diffusion.sampler import graph_key, philox_seed, sample, should_capture
 
@@ -57,12 +59,11 @@ def test_matches_diffusers_pipeline(pipeline_cls, scheduler_cls):
     assert_close((ours / 2 + 0.5).clamp(0, 1), images.to(ours.dtype), atol=1e-6, rtol=1e-6, name="images")
 
 
-@pytest.mark.parametrize("name", ["DDPMScheduler", "DDIMScheduler", "DPMSolverMultistepScheduler"])
+@pytest.mark.parametrize("name", fd.SCHEDULERS)
 def test_fastgen_scheduler_matches_diffusers_with_generator(name):
-    classes = {c.__name__: c for c in fastgen_schedulers()}
     unet = tiny_unet()
     ref_sched = getattr(diffusers, name)(num_train_timesteps=100)
-    ours_sched = classes[name].from_config(ref_sched.config)
+    ours_sched = getattr(fd, name).from_config(ref_sched.config)
     kw = dict(num_inference_steps=5, progress=False)
     ref = sample(unet, ref_sched, (2, 3, 8, 8), generator=torch.Generator().manual_seed(3), **kw)
     ours = sample(unet, ours_sched, (2, 3, 8, 8), generator=torch.Generator().manual_seed(3), **kw)
@@ -423,3 +424,20 @@ def test_eager_loop_has_no_host_sync():
         sampler._run_loop(call, sched, x, {}, None)
     finally:
         torch.cuda.set_sync_debug_mode("default")
+
+
+def test_model_taking_a_scalar_timestep_gets_a_clear_note():
+    """fd.sample hands a plain callable t as a (B,) tensor; a model that insists on a scalar fails
+    with its own error plus a note that says how to wrap it."""
+    def scalar_t_model(x, t):
+        if t.dim() != 0:
+            raise ValueError("t must be a scalar")
+        return x
+
+    with pytest.raises(ValueError, match="t must be a scalar") as info:
+        sample(scalar_t_model, fd.DDIMScheduler(num_train_timesteps=50), (2, 1, 2, 2), num_inference_steps=2, seed=0,
+               progress=False)
+    assert any("model(x, t[0], **kw)" in note for note in info.value.__notes__)
+    wrapped = sample(lambda x, t, **kw: scalar_t_model(x, t[0], **kw), fd.DDIMScheduler(num_train_timesteps=50),
+                     (2, 1, 2, 2), num_inference_steps=2, seed=0, progress=False)
+    assert torch.isfinite(wrapped).all()

@@ -183,9 +183,12 @@ def _step(scheduler, model_output, t, x, generator):
 def _run_loop(call, scheduler, x, kwargs, generator, bar=None):
     """The loop itself. Walks step indices on the host; ``timesteps[i]`` is a view, so nothing syncs."""
     timesteps = scheduler.timesteps
+    # flow-matching schedulers (FlowMatchEulerDiscrete) have no scale_model_input and no init_noise_sigma
+    scale = getattr(scheduler, "scale_model_input", None)
     for i in range(len(timesteps)):
         t = timesteps[i]
-        model_output = call(scheduler.scale_model_input(x, t), t, kwargs)
+        model_input = x if scale is None else scale(x, t)
+        model_output = call(model_input, t, kwargs)
         x = _step(scheduler, model_output, t, x, generator)
         if bar is not None:
             bar.update(1)
@@ -318,7 +321,7 @@ def _check_args(model, scheduler, shape, num_inference_steps, generator, seed, d
                 channels_last) -> tuple[int, ...]:
     if not callable(model):
         raise TypeError(f"model must be callable as model(x_t, t), got {type(model).__name__}")
-    for attr in ("set_timesteps", "step", "scale_model_input", "init_noise_sigma"):
+    for attr in ("set_timesteps", "step", "timesteps"):
         if not hasattr(scheduler, attr):
             raise TypeError(f"scheduler must follow the diffusers scheduler API (it has no {attr!r}), "
                             f"got {type(scheduler).__name__}")
@@ -365,10 +368,11 @@ def sample(model, scheduler, shape, *, num_inference_steps: int = 50, generator=
         model: ``model(x_t, t, **model_kwargs)``. A diffusers model (``UNet2DModel`` ...) gets ``t``
             as the 0-d timestep tensor its pipelines pass and its output's ``.sample`` is used; any
             other callable gets ``t`` as a (B,) tensor of the scheduler's timestep dtype (int64 for
-            DDPM/DDIM/DPM-Solver++) and may return a tensor, an object with ``.sample`` or a tuple.
+            DDPM/DDIM/DPM-Solver, float32 for the sigma schedulers) and may return a tensor, an
+            object with ``.sample`` or a tuple.
         scheduler: anything with the diffusers scheduler API (``set_timesteps``, ``timesteps``,
-            ``init_noise_sigma``, ``scale_model_input``, ``step``): diffusers' schedulers or
-            fastgen's drop-in ``DDPMScheduler`` / ``DDIMScheduler`` / ``DPMSolverMultistepScheduler``.
+            ``step``, and where it has them ``init_noise_sigma`` and ``scale_model_input``):
+            diffusers' schedulers or any of fastgen's drop-in ones (``fastgen.diffusion.SCHEDULERS``).
             ``set_timesteps(num_inference_steps)`` is called on it, as a pipeline does.
         shape: of the samples, batch first, e.g. (B, C, H, W).
         num_inference_steps: number of denoising steps.
@@ -410,7 +414,7 @@ def sample(model, scheduler, shape, *, num_inference_steps: int = 50, generator=
         in_kernel = _draws_in_kernel(fastgen_scheduler, device)
         step_generator = None if in_kernel else device_generator
         kernel_seed = philox_seed(seed) if in_kernel else None
-    x = noise * scheduler.init_noise_sigma
+    x = noise * getattr(scheduler, "init_noise_sigma", 1.0)
     device = x.device  # with its index ("cuda" -> "cuda:0"), for the graph cache key
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)

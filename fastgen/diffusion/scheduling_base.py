@@ -6,9 +6,10 @@ coefficients on the device: no host-device synchronisation.
 
 Noise, per step that draws it (only where diffusers draws, so generator streams stay aligned):
 ``variance_noise`` if given; else from ``generator`` exactly as diffusers' ``randn_tensor`` draws
-it; else ``torch.randn`` on CPU (see :attr:`SchedulerBase.cpu_noise`); else Philox inside the kernel from the device state
-``[seed, offset]`` (:attr:`noise_state`), whose offset the scheduler advances on the device after
-each noisy step (an in-place add, so a captured CUDA graph draws fresh noise on every replay).
+it; else ``torch.randn`` on CPU (see :attr:`SchedulerBase.cpu_noise`); else Philox inside the
+kernel from the device state ``[seed, offset]`` (:attr:`noise_state`), whose offset the scheduler
+advances on the device after each noisy step (an in-place add, so a captured CUDA graph draws
+fresh noise on every replay).
 """
 from __future__ import annotations
 
