@@ -43,6 +43,10 @@ SCHEDULERS = ("DDPMScheduler", "DDIMScheduler", "DPMSolverMultistepScheduler", "
               "EDMDPMSolverMultistepScheduler", "FlowMatchEulerDiscreteScheduler")
 
 
+# schedulers whose default step draws noise (torch.randn on a CPU, as diffusers draws it)
+ANCESTRAL = ("DDPMScheduler", "EulerAncestralDiscreteScheduler", "KDPM2AncestralDiscreteScheduler", "LCMScheduler")
+
+
 def op_impls(op: str, device: torch.device) -> list[tuple[str, str | None]]:
     """(impl, reason it cannot run here or None) for each implementation of ``fastgen.ops.<op>``.
 
@@ -218,7 +222,7 @@ def scheduler_loops(case: DiffusionCase, steps: int, timing: dict, names=SCHEDUL
             cmp.skip("fastgen", f"fastgen.diffusion.{name} is not available (not implemented yet)")
         else:
             cmp.add("fastgen", _scheduler_loop(cls(), steps, case.model_output, case.noise))
-            if case.device.type == "cpu" and name == "DDPMScheduler":
+            if case.device.type == "cpu" and name in ANCESTRAL:
                 # Without a generator a CPU step draws torch.randn by default, so torch.manual_seed
                 # reproduces diffusers number for number; that draw is most of the step. The
                 # in-kernel Philox source (the accelerators' default) is the fast option.
