@@ -28,8 +28,32 @@ SIGNATURES = {
 DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
 
 
+_CODES = {_P: "p", _I64: "l", _INT: "i", _F32: "f"}
+
+
+def expected_signature(argtypes) -> str:
+    """The signature string csrc/cpu/signature.h generates for a kernel returning int with these
+    ctypes argument types (one letter per argument)."""
+    return "i:" + "".join(_CODES[t] for t in argtypes)
+
+
 def declare(lib: ctypes.CDLL) -> None:
+    """Set every kernel's argtypes, after checking them against the signature the library itself
+    exports for that kernel (generated from the C++ function type): calling a C function with
+    other arguments than it takes corrupts memory instead of raising, so a stale or mismatched
+    build is refused here, loudly, before any call."""
     for name, argtypes in SIGNATURES.items():
+        try:
+            exported = getattr(lib, name + "_signature")
+        except AttributeError:
+            raise RuntimeError(f"the CPU kernel library has no {name}_signature: it was built from other sources "
+                               f"than this fastgen; rebuild it (pip install --no-build-isolation -e .)") from None
+        exported.argtypes, exported.restype = [], ctypes.c_char_p
+        built, expected = exported().decode(), expected_signature(argtypes)
+        if built != expected:
+            raise RuntimeError(f"{name} takes ({built}) in the built CPU library but fastgen calls it with ({expected}) "
+                               f"(letters: i int, l int64, f float, p pointer); rebuild it (pip install "
+                               f"--no-build-isolation -e .) or fix fastgen/_cpu_signatures.py")
         fn = getattr(lib, name)
         fn.argtypes = argtypes
         fn.restype = _INT

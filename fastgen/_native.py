@@ -74,7 +74,10 @@ def _load_cpu():
         return None, f"{candidates[0]} failed to load: {exc}"
     from . import _cpu_signatures
 
-    _cpu_signatures.declare(lib)
+    try:
+        _cpu_signatures.declare(lib)
+    except RuntimeError as exc:  # a build that does not match these bindings must never be called
+        return None, f"{candidates[0]}: {exc}"
     return lib, None
 
 

@@ -6,6 +6,7 @@
 #include "../dtypes.h"
 #include "parallel.h"
 #include "philox_block.h"
+#include "signature.h"
 
 namespace fastgen {
 
@@ -46,3 +47,5 @@ extern "C" int fastgen_add_noise_cpu(int dtype, const void* x0, const void* nois
     default: return 1;
   }
 }
+
+FASTGEN_EXPORT_SIGNATURE(fastgen_add_noise_cpu)

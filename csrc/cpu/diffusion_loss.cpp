@@ -14,6 +14,7 @@
 #include "../dtypes.h"
 #include "parallel.h"
 #include "philox_block.h"
+#include "signature.h"
 
 namespace fastgen {
 namespace {
@@ -204,3 +205,6 @@ extern "C" int fastgen_diffusion_loss_bwd_cpu(int mode, int pred_dtype, int x_dt
   return dispatch<Backward>(mode, pred_dtype, x_dtype, pred, x0, noise, t, t_stride, abar, num_train, rng, scale,
                             batch, per_sample, grad_pred, grad_x0);
 }
+
+FASTGEN_EXPORT_SIGNATURE(fastgen_diffusion_loss_fwd_cpu)
+FASTGEN_EXPORT_SIGNATURE(fastgen_diffusion_loss_bwd_cpu)

@@ -19,6 +19,7 @@
 #include "../dtypes.h"
 #include "parallel.h"
 #include "philox_block.h"
+#include "signature.h"
 
 namespace fastgen {
 namespace {
@@ -193,3 +194,5 @@ extern "C" int fastgen_sampling_step_cpu(int dtype, const void* sample, const vo
   }
   return 0;
 }
+
+FASTGEN_EXPORT_SIGNATURE(fastgen_sampling_step_cpu)
