@@ -1,5 +1,6 @@
 """Diffusion: schedules, drop-in schedulers (diffusers' class names and arguments), the whole-loop
 sampler, the training objective and trainer."""
+from .k_sampling import get_sigmas_karras, sample_dpmpp_2m, sample_euler, sample_euler_ancestral, sample_heun
 from .sampler import sample
 from .scheduling_base import SchedulerBase, SchedulerOutput
 from .scheduling_ddim import DDIMScheduler
@@ -29,4 +30,5 @@ SCHEDULERS = ("DDPMScheduler", "DDIMScheduler", "DPMSolverMultistepScheduler", "
               "EDMEulerScheduler", "EDMDPMSolverMultistepScheduler", "FlowMatchEulerDiscreteScheduler")
 
 __all__ = ["SchedulerBase", "SchedulerOutput", "SCHEDULERS", *SCHEDULERS, "sample", "training_loss", "DiffusionTrainer",
-           "step_noise_seed"]
+           "step_noise_seed", "get_sigmas_karras", "sample_euler", "sample_euler_ancestral", "sample_heun",
+           "sample_dpmpp_2m"]
