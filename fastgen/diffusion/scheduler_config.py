@@ -26,13 +26,14 @@ import inspect
 import json
 import logging
 import os
-import tempfile
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from .._io import atomic_write_text
 
 logger = logging.getLogger("fastgen")
 
@@ -124,19 +125,6 @@ def _json_value(value):
     if isinstance(value, (np.integer, np.floating)):
         return value.item()
     return value
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file in the same folder and a rename, so a
-    reader never sees a partial file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
 
 
 class ConfigurableScheduler:
@@ -260,7 +248,7 @@ class ConfigurableScheduler:
         return json.dumps(config, indent=2, sort_keys=True) + "\n"
 
     def to_json_file(self, json_file_path) -> None:
-        atomic_write_text(Path(json_file_path), self.to_json_string())
+        atomic_write_text(str(json_file_path), self.to_json_string())
 
     def save_config(self, save_directory, push_to_hub: bool = False, **kwargs) -> None:
         """Write ``scheduler_config.json`` into ``save_directory`` (created if needed), atomically."""
