@@ -172,11 +172,8 @@ def _model_caller(model) -> Callable:
     return call
 
 
-def _step(scheduler, model_output, t, x, generator):
-    # only to a step that takes one (PNDM's does not), as diffusers' pipelines pass it
-    takes_generator = "generator" in inspect.signature(scheduler.step).parameters
-    kwargs = {"generator": generator} if generator is not None and takes_generator else {}
-    out = scheduler.step(model_output, t, x, **kwargs)
+def _step(scheduler, model_output, t, x, step_kwargs):
+    out = scheduler.step(model_output, t, x, **step_kwargs)
     return out.prev_sample if hasattr(out, "prev_sample") else out[0]
 
 
@@ -185,11 +182,14 @@ def _run_loop(call, scheduler, x, kwargs, generator, bar=None):
     timesteps = scheduler.timesteps
     # flow-matching schedulers (FlowMatchEulerDiscrete) have no scale_model_input and no init_noise_sigma
     scale = getattr(scheduler, "scale_model_input", None)
+    # the generator only to a step that takes one (PNDM's and UniPC's do not), as diffusers' pipelines pass it
+    takes_generator = "generator" in inspect.signature(scheduler.step).parameters
+    step_kwargs = {"generator": generator} if generator is not None and takes_generator else {}
     for i in range(len(timesteps)):
         t = timesteps[i]
         model_input = x if scale is None else scale(x, t)
         model_output = call(model_input, t, kwargs)
-        x = _step(scheduler, model_output, t, x, generator)
+        x = _step(scheduler, model_output, t, x, step_kwargs)
         if bar is not None:
             bar.update(1)
     return x
