@@ -1,17 +1,65 @@
 """Writing files so that nothing is ever half-written, and the progress bars of long loops."""
 from __future__ import annotations
 
+import errno
 import os
+import re
 import tempfile
+import time
 from typing import Callable, IO
+
+# A temp file of atomic_write older than this is left over from a killed writer: a live one
+# touches its temp file as it writes, and no checkpoint takes this long to serialise.
+STALE_TEMP_SECONDS = 600.0
+_TEMP_PREFIX = ".tmp-"
+_TEMP_RANDOM = "[a-z0-9_]{8}"  # tempfile.mkstemp's random part: 8 of these characters
+
+
+def _remove_stale_temps(directory: str, basename: str) -> None:
+    """Delete the temp files of :func:`atomic_write` for ``basename`` (``.tmp-XXXXXXXX<basename>``)
+    that have not been modified for STALE_TEMP_SECONDS; no other file is touched."""
+    pattern = re.compile(re.escape(_TEMP_PREFIX) + _TEMP_RANDOM + re.escape(basename))
+    cutoff = time.time() - STALE_TEMP_SECONDS
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return
+    for name in names:
+        if not pattern.fullmatch(name):
+            continue
+        try:
+            tmp = os.path.join(directory, name)
+            if os.path.isfile(tmp) and not os.path.islink(tmp) and os.path.getmtime(tmp) < cutoff:
+                os.unlink(tmp)
+        except OSError:
+            pass  # gone meanwhile, or not ours to delete: the write itself does not depend on it
+
+
+def _fsync_directory(directory: str) -> None:
+    """Make a rename inside ``directory`` durable; a no-op where directories cannot be opened (Windows)
+    or their file system does not sync them."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        if exc.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):
+            raise
+    finally:
+        os.close(fd)
 
 
 def atomic_write(path: str, write: Callable[[IO[bytes]], object]) -> None:
-    """Call ``write(binary_file)`` on a temp file beside ``path``, then rename it over ``path``:
-    readers see the old file or the whole new one, never a part (the temp file goes on failure)."""
+    """Call ``write(binary_file)`` on a temp file beside ``path``, then rename it over ``path`` and
+    fsync the folder: readers see the old file or the whole new one, never a part (the temp file goes
+    on failure). Temp files of ``path`` left by killed writers (untouched for 10 minutes) are removed first."""
     directory = os.path.dirname(os.path.abspath(path))
+    basename = os.path.basename(path)
     os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.basename(path), dir=directory)
+    _remove_stale_temps(directory, basename)
+    fd, tmp = tempfile.mkstemp(prefix=_TEMP_PREFIX, suffix=basename, dir=directory)
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
@@ -21,6 +69,21 @@ def atomic_write(path: str, write: Callable[[IO[bytes]], object]) -> None:
     except BaseException:
         os.unlink(tmp)
         raise
+    _fsync_directory(directory)
+
+
+def check_writable(path: str, name: str) -> None:
+    """Raise a ValueError naming ``name`` unless :func:`atomic_write` can create files beside ``path``:
+    its folder exists or can be created, and a file can be created (and is removed) there."""
+    directory = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise ValueError(f"{name}={path!r} is a folder; pass the path of a file in it")
+    try:
+        os.makedirs(directory, exist_ok=True)
+        with tempfile.TemporaryFile(dir=directory):
+            pass
+    except OSError as exc:
+        raise ValueError(f"{name}={path!r} cannot be written: {exc}") from exc
 
 
 def atomic_write_text(path: str, text: str) -> None:

@@ -29,7 +29,8 @@ import torch
 import torch.nn as nn
 from torch.optim.swa_utils import get_ema_multi_avg_fn
 
-from .._io import atomic_write, progress_bar
+from .. import checkpoint
+from .._io import check_writable, progress_bar
 from .._validate import check_int
 from .sampler import philox_seed
 from .sampler import sample as sample_loop
@@ -42,6 +43,18 @@ __all__ = ["DiffusionTrainer", "step_noise_seed", "AMP_DTYPES"]
 AMP_DTYPES = (None, torch.bfloat16)
 PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
 _FORMAT = "fastgen.diffusion.DiffusionTrainer/1"
+
+
+def _is_int(value: object, lo: int, hi: int | None = None) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= lo and (hi is None or value < hi)
+
+
+# The plain values of a checkpoint, each with the test it must pass to be restored.
+_CHECKPOINT_VALUES = {
+    "step": lambda v: _is_int(v, 0),
+    "seed": lambda v: _is_int(v, 0, 2**63),
+    "sample_shape": lambda v: v is None or (isinstance(v, (tuple, list)) and all(_is_int(d, 0) for d in v)),
+}
 
 
 def step_noise_seed(seed: int, step: int) -> int:
@@ -262,6 +275,8 @@ class DiffusionTrainer:
             checkpoint_every = check_int("checkpoint_every", checkpoint_every, 1)
             if checkpoint_path is None:
                 raise ValueError("checkpoint_every needs checkpoint_path")
+        if checkpoint_path is not None:
+            check_writable(checkpoint_path, "checkpoint_path")  # now, not after hours of training
         conditional = getattr(self.model, "num_classes", None) is not None
         history: list[dict] = []
         window: list[dict[str, torch.Tensor]] = []
@@ -354,40 +369,28 @@ class DiffusionTrainer:
         return {"prediction_type": self.prediction_type, "ema": self.ema is not None,
                 "amp_dtype": str(self.amp_dtype), "num_train_timesteps": self.alphas_cumprod.numel()}
 
+    def _parts(self) -> dict:
+        return {"model": self.model, "ema": self.ema, "optimizer": self.optimizer}
+
     def save_checkpoint(self, path: str) -> None:
-        """Write everything training needs to continue exactly to ``path``, atomically (temp file + rename).
+        """Write everything training needs to continue exactly to ``path``, atomically and checksummed
+        (:mod:`fastgen.checkpoint`).
 
         Holds the model, the EMA, the optimizer, the step, the seed (hence the Philox keys to
         come) and the random states: the trainer's generator, torch's CPU and the device's CUDA one.
         """
-        rng = {"torch_cpu": torch.get_rng_state(), "trainer": self._rng.get_state()}
-        if self.device.type == "cuda":
-            rng["cuda"] = torch.cuda.get_rng_state(self.device)
-        state = {
-            "format": _FORMAT, "structure": self._structure(), "step": self.step, "seed": self.seed,
-            "sample_shape": self.sample_shape, "model": self.model.state_dict(),
-            "ema": None if self.ema is None else self.ema.state_dict(),
-            "optimizer": self.optimizer.state_dict(), "rng": rng,
-        }
-        atomic_write(path, lambda f: torch.save(state, f))
+        values = {"step": self.step, "seed": self.seed, "sample_shape": self.sample_shape}
+        checkpoint.save(path, format=_FORMAT, structure=self._structure(), parts=self._parts(), values=values,
+                        generator=self._rng)
 
     def load_checkpoint(self, path: str) -> None:
         """Restore a checkpoint of :meth:`save_checkpoint` into this trainer (same model architecture,
-        prediction type, EMA on/off, amp_dtype and schedule length); the seed is the checkpoint's."""
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        if not isinstance(state, dict) or state.get("format") != _FORMAT:
-            raise ValueError(f"{path} is not a DiffusionTrainer checkpoint (expected format {_FORMAT!r})")
-        for key, value in self._structure().items():
-            if state["structure"].get(key) != value:
-                raise ValueError(f"{path} was written with {key}={state['structure'].get(key)!r} but this trainer "
-                                 f"has {key}={value!r}")
-        self.model.load_state_dict(state["model"])
-        if self.ema is not None:
-            self.ema.load_state_dict(state["ema"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.step, self.seed = state["step"], state["seed"]
-        self.sample_shape = None if state["sample_shape"] is None else tuple(state["sample_shape"])
-        torch.set_rng_state(state["rng"]["torch_cpu"])
-        self._rng.set_state(state["rng"]["trainer"])
-        if self.device.type == "cuda":
-            torch.cuda.set_rng_state(state["rng"]["cuda"], self.device)
+        prediction type, EMA on/off, amp_dtype and schedule length); the seed is the checkpoint's.
+
+        The file is verified (checksum) and validated whole first: a corrupt, foreign or incomplete
+        one raises :class:`fastgen.checkpoint.CheckpointError` (a ValueError) and changes nothing.
+        """
+        values = checkpoint.load(path, format=_FORMAT, structure=self._structure(), parts=self._parts(),
+                                 values=_CHECKPOINT_VALUES, generator=self._rng)
+        self.step, self.seed = values["step"], values["seed"]
+        self.sample_shape = None if values["sample_shape"] is None else tuple(values["sample_shape"])

@@ -33,7 +33,8 @@ from typing import Iterable
 import torch
 import torch.nn as nn
 
-from .._io import atomic_write, progress_bar
+from .. import checkpoint
+from .._io import atomic_write, check_writable, progress_bar
 from .._validate import check_int
 from . import losses
 from .penalty import PENALTY_KINDS, discriminator_objective, gradient_penalty
@@ -45,6 +46,8 @@ __all__ = ["GANTrainer", "AMP_DTYPES"]
 
 AMP_DTYPES = (None, torch.bfloat16, torch.float16)
 _FORMAT = "fastgen.gan.GANTrainer/1"
+# The plain values of a checkpoint, each with the test it must pass to be restored.
+_CHECKPOINT_VALUES = {"step": lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0}
 # Preview files: this many images (an 8 x 8 grid) or 2-D points (PacGAN's evaluation count), drawn
 # from a latent stream of their own so that every preview shows the same z and none moves training.
 _PREVIEW_IMAGES = 64
@@ -334,6 +337,8 @@ class GANTrainer:
             sample_every = check_int("sample_every", sample_every, 1)
             if sample_dir is None:
                 raise ValueError("sample_every needs sample_dir")
+        if checkpoint_path is not None:
+            check_writable(checkpoint_path, "checkpoint_path")  # now, not after hours of training
         history: list[dict] = []
         real = None
         checkpointed_at = sampled_at = None
@@ -372,47 +377,31 @@ class GANTrainer:
         return {"loss": self.loss, "penalty": self.penalty, "n_critic": self.n_critic,
                 "lazy_interval": self.lazy.interval, "ema": self.ema is not None, "amp_dtype": str(self.amp_dtype)}
 
+    def _parts(self) -> dict:
+        return {"generator": self.generator, "discriminator": self.discriminator,
+                "g_optimizer": self.g_optimizer, "d_optimizer": self.d_optimizer,
+                "g_scaler": self._g_scaler, "d_scaler": self._d_scaler, "ema": self.ema}
+
     def save_checkpoint(self, path: str) -> None:
-        """Write everything training needs to continue exactly to ``path``, atomically (temp file + rename).
+        """Write everything training needs to continue exactly to ``path``, atomically and checksummed
+        (:mod:`fastgen.checkpoint`).
 
         Holds G, D, both optimizers, the EMA, the GradScalers, the step count and the random
         states: torch's CPU generator, the device's (CUDA) default generator and the trainer's own.
         """
-        rng = {"torch_cpu": torch.get_rng_state(), "trainer": self._rng.get_state()}
-        if self.device.type == "cuda":
-            rng["cuda"] = torch.cuda.get_rng_state(self.device)
-        state = {
-            "format": _FORMAT, "structure": self._structure(), "step": self.step,
-            "generator": self.generator.state_dict(), "discriminator": self.discriminator.state_dict(),
-            "g_optimizer": self.g_optimizer.state_dict(), "d_optimizer": self.d_optimizer.state_dict(),
-            "g_scaler": self._g_scaler.state_dict(), "d_scaler": self._d_scaler.state_dict(),
-            "ema": None if self.ema is None else self.ema.state_dict(), "rng": rng,
-        }
-        atomic_write(path, lambda f: torch.save(state, f))
+        checkpoint.save(path, format=_FORMAT, structure=self._structure(), parts=self._parts(),
+                        values={"step": self.step}, generator=self._rng)
 
     def load_checkpoint(self, path: str) -> None:
         """Restore a checkpoint of :meth:`save_checkpoint` into this trainer (built with the same
-        networks and loss / penalty / n_critic / lazy_interval / EMA / AMP settings)."""
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        if not isinstance(state, dict) or state.get("format") != _FORMAT:
-            raise ValueError(f"{path} is not a GANTrainer checkpoint (expected format {_FORMAT!r})")
-        for key, value in self._structure().items():
-            if state["structure"].get(key) != value:
-                raise ValueError(f"{path} was written with {key}={state['structure'].get(key)!r} but this trainer "
-                                 f"has {key}={value!r}")
-        self.generator.load_state_dict(state["generator"])
-        self.discriminator.load_state_dict(state["discriminator"])
-        self.g_optimizer.load_state_dict(state["g_optimizer"])
-        self.d_optimizer.load_state_dict(state["d_optimizer"])
-        self._g_scaler.load_state_dict(state["g_scaler"])
-        self._d_scaler.load_state_dict(state["d_scaler"])
-        if self.ema is not None:
-            self.ema.load_state_dict(state["ema"])
-        self.step = state["step"]
-        torch.set_rng_state(state["rng"]["torch_cpu"])
-        self._rng.set_state(state["rng"]["trainer"])
-        if self.device.type == "cuda":
-            torch.cuda.set_rng_state(state["rng"]["cuda"], self.device)
+        networks and loss / penalty / n_critic / lazy_interval / EMA / AMP settings).
+
+        The file is verified (checksum) and validated whole first: a corrupt, foreign or incomplete
+        one raises :class:`fastgen.checkpoint.CheckpointError` (a ValueError) and changes nothing.
+        """
+        values = checkpoint.load(path, format=_FORMAT, structure=self._structure(), parts=self._parts(),
+                                 values=_CHECKPOINT_VALUES, generator=self._rng)
+        self.step = values["step"]
 
 
 # --- previews ---------------------------------------------------------------------------------------------
