@@ -542,3 +542,40 @@ def test_compiled_denoising_loop(name, monkeypatch):
     torch.manual_seed(5)
     got = torch.compile(loop, fullgraph=True)(x)
     close(got, expected, f"compiled {name} loop")
+
+
+@pytest.mark.parametrize("name", fd.SCHEDULERS)
+def test_set_timesteps_with_a_device_prefetches_every_table(name, monkeypatch):
+    """After set_timesteps(device=...) a whole loop copies nothing to the device: inside a captured
+    CUDA graph (fd.sample) a host-to-device copy is an error, and outside one a synchronisation."""
+    sched = getattr(fd, name)(num_train_timesteps=100)
+    sched.set_timesteps(4, device="cpu")
+    misses = []
+    real_on = type(sched)._on
+
+    def spy(self, key, host, device):
+        if (key, torch.device(device)) not in self._device_cache:
+            misses.append(key)
+        return real_on(self, key, host, device)
+
+    monkeypatch.setattr(type(sched), "_on", spy)
+    x = torch.randn(1, 1, 2, 2)
+    scale = getattr(sched, "scale_model_input", None)
+    for t in sched.timesteps:
+        model_input = x if scale is None else scale(x, t)
+        x = sched.step(0.3 * model_input + torch.tanh(model_input), t, x).prev_sample
+    assert misses == [], f"{name} copied {misses} to the device inside the loop"
+
+
+def test_edm_dpm_thresholding_with_a_device_matches_diffusers():
+    """set_timesteps(device=...) once put the x0 table under the step table's cache key, so
+    thresholding read the wrong rows (off by 1.9 against diffusers)."""
+    kw = dict(thresholding=True, sample_max_value=1.5)
+    theirs, ours = diffusers.EDMDPMSolverMultistepScheduler(**kw), fd.EDMDPMSolverMultistepScheduler(**kw)
+    theirs.set_timesteps(4, device="cpu")
+    ours.set_timesteps(4, device="cpu")
+    a = b = torch.randn(SHAPE) * float(theirs.init_noise_sigma)
+    for t_theirs, t_ours in zip(theirs.timesteps, ours.timesteps):
+        a = theirs.step(fake_model(theirs.scale_model_input(a, t_theirs), 0), t_theirs, a).prev_sample
+        b = ours.step(fake_model(ours.scale_model_input(b, t_ours), 0), t_ours, b).prev_sample
+    close(b, a, "EDM DPM-Solver with thresholding")

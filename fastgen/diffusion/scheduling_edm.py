@@ -95,6 +95,8 @@ class _EDMBase(SigmaNoising, SchedulerBase):
         self._device_cache = {}
         self._set_schedule(self.precondition_noise(sigmas[:-1]).to(torch.float32), device)
         self._c_in = self._get_conditioning_c_in(sigmas).to(torch.float32)  # float32 ops, as diffusers
+        if device is not None:  # every table a step reads is on the device before the loop (CUDA graphs)
+            self._on("c_in", self._c_in, self.timesteps.device)
 
     def scale_model_input(self, sample: torch.Tensor, timestep) -> torch.Tensor:
         """c_in(sigma) * sample at the current step (its index found from ``timestep`` on the first
@@ -303,7 +305,9 @@ class EDMDPMSolverMultistepScheduler(_EDMBase):
         self.lower_order_nums = 0
         if device is not None:
             device = self.timesteps.device  # with its index: caches are keyed by the samples' device
-            self._on("coefs", self._x0_coefs if cfg.thresholding else self._coefs, device)
+            self._on("coefs", self._coefs, device)
+            if cfg.thresholding:
+                self._on("x0_coefs", self._x0_coefs, device)
             self._row_index(0, device)
         self._reset_noise_state(device)
 

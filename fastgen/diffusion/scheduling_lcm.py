@@ -152,6 +152,7 @@ class LCMScheduler(SchedulerBase):
         if device is not None:
             device = self.timesteps.device  # with its index: caches are keyed by the samples' device
             self._on("coefs", self._coefs, device)
+            self._on("x0_coefs", self._x0_coefs, device)
             self._row_index(0, device)
         self._reset_noise_state(device)
 

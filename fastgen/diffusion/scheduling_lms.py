@@ -102,6 +102,8 @@ class LMSDiscreteScheduler(SigmaSchedulerBase):
         self._publish(torch.from_numpy(np.asarray(ts)).to(torch.float32), sigmas, (sigmas**2 + 1) ** 0.5,
                       self._lms_table(sigmas, MAX_ORDER), device)
         self._order_tables[MAX_ORDER] = self._coefs
+        if device is not None:  # the key step reads (CUDA graphs: no copy inside a captured loop)
+            self._table_for(MAX_ORDER, self.timesteps.device)
 
     def get_lms_coefficient(self, order: int, t: int, current_order: int) -> float:
         """The coefficient of the derivative ``current_order`` steps back at step index ``t``

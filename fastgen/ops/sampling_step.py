@@ -136,7 +136,8 @@ def _plain_eager(*tensors) -> bool:
 
 @_sampling_step_op.register_fake
 def _(sample, model_output, coefs, index, h1, h2, h3, h4, noise, rng, clip_range, return_state, impl):
-    state = torch.empty_like(sample, dtype=torch.float32) if return_state else sample.new_empty(0, dtype=torch.float32)
+    acc = torch.promote_types(sample.dtype, torch.float32)  # float64 samples keep a float64 state, as the reference
+    state = torch.empty_like(sample, dtype=acc) if return_state else sample.new_empty(0, dtype=acc)
     return torch.empty_like(sample), state
 
 
