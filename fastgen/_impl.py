@@ -26,9 +26,14 @@ from . import _native
 logger = logging.getLogger("fastgen")
 
 IMPLS = ("triton", "cuda", "cpu", "reference")
-# On CUDA triton comes first: it is the tuned path and needs no build step. The order is a
-# policy to revisit with GPU benchmark results (benchmarks/results/), not a measured fact yet.
+# On CUDA triton comes first: it needs no build step. The order is a policy to revisit with GPU
+# benchmark results (benchmarks/results/); AUTO_ORDER_BY_OP holds the measured exceptions.
 AUTO_ORDER = {"cuda": ("triton", "cuda", "reference"), "cpu": ("cpu", "reference")}
+# Measured on an H200 (benchmarks/results/diffusion_nvidia-h200.json, torch 2.11, triton 3.6): at
+# the DDPM CIFAR-10 shape a step is launch-bound and the CUDA kernel runs in 9.4 us (DDIM) / 14.5 us
+# (DDPM) against Triton's 34.5 / 33.8 us (Triton's launcher), and the CUDA step passed its tests
+# there. add_noise's CUDA kernel is faster too (12 vs 37.8 us) but its tests have not run on a GPU.
+AUTO_ORDER_BY_OP = {("sampling_step", "cuda"): ("cuda", "triton", "reference")}
 
 _default_impl: str | None = None  # None: read FASTGEN_IMPL on first use
 
@@ -99,7 +104,8 @@ def _resolve_cached(op: str, requested: str, device_type: str, device_index: int
         if reason is not None:
             raise ImplUnavailableError(f"fastgen.{op}: impl={requested!r} is unavailable: {reason}")
         return requested
-    order = [i for i in AUTO_ORDER.get(device.type, ("reference",)) if i in available] + ["reference"]
+    preferred = AUTO_ORDER_BY_OP.get((op, device.type), AUTO_ORDER.get(device.type, ("reference",)))
+    order = [i for i in preferred if i in available] + ["reference"]
     skipped = []
     for impl in order:
         reason = unavailable_reason(impl, device)

@@ -392,7 +392,9 @@ def test_graph_equals_eager_and_seeds_differ():
     for s in (1, 2):
         assert_close(graph[s], eager[s], atol=1e-5, rtol=1e-5, name=f"graph vs eager, seed {s}")
     assert torch.equal(again, graph[1])
-    assert (graph[1] - graph[2]).abs().min() > 0
+    # DDPM's clip_sample saturates some final values at +-1 in both runs (seen on an H200): compare the rest
+    inside = (graph[1].abs() < 1) & (graph[2].abs() < 1)
+    assert inside.sum() > inside.numel() // 2 and ((graph[1] - graph[2])[inside].abs() > 0).all()
 
 
 @needs_cuda

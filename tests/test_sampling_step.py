@@ -372,3 +372,14 @@ def test_cpu_philox_and_history_over_many_tiles():
     for history in [(None, h), (None, h, None, g.half())]:  # one slot fused; a second one added per tile
         out, _ = sampling_step(x, m, coefs, 0, history=history, seed=state, impl="cpu")
         assert_close(out, expected(x, m, coefs, 0, history, z)[0], atol=1e-5, rtol=1e-5)
+
+
+def test_auto_prefers_the_cuda_step_on_cuda(monkeypatch):
+    """The measured exception to 'triton first on CUDA' (fastgen/_impl.py AUTO_ORDER_BY_OP): with every
+    implementation available, auto picks the CUDA kernel for the step and still Triton for the rest."""
+    from fastgen import _impl
+    from fastgen.ops.sampling_step import IMPLS
+
+    monkeypatch.setattr(_impl, "unavailable_reason", lambda impl, device: None)
+    assert _impl._resolve_cached("sampling_step", "auto", "cuda", 0, IMPLS) == "cuda"
+    assert _impl._resolve_cached("add_noise", "auto", "cuda", 0, ("triton", "cuda", "reference")) == "triton"
