@@ -30,10 +30,11 @@ IMPLS = ("triton", "cuda", "cpu", "reference")
 # benchmark results (benchmarks/results/); AUTO_ORDER_BY_OP holds the measured exceptions.
 AUTO_ORDER = {"cuda": ("triton", "cuda", "reference"), "cpu": ("cpu", "reference")}
 # Measured on an H200 (benchmarks/results/diffusion_nvidia-h200.json, torch 2.11, triton 3.6): at
-# the DDPM CIFAR-10 shape a step is launch-bound and the CUDA kernel runs in 9.4 us (DDIM) / 14.5 us
-# (DDPM) against Triton's 34.5 / 33.8 us (Triton's launcher), and the CUDA step passed its tests
-# there. add_noise's CUDA kernel is faster too (12 vs 37.8 us) but its tests have not run on a GPU.
-AUTO_ORDER_BY_OP = {("sampling_step", "cuda"): ("cuda", "triton", "reference")}
+# the DDPM CIFAR-10 shape these ops are launch-bound and the CUDA kernels run in 9.4 us (DDIM step)
+# / 14.5 us (DDPM step) / 12 us (noising) against Triton's 34.5 / 33.8 / 37.8 us (Triton's
+# launcher); both passed their tests there (benchmarks/results/gpu_tests_nvidia-h200.log).
+AUTO_ORDER_BY_OP = {("sampling_step", "cuda"): ("cuda", "triton", "reference"),
+                    ("add_noise", "cuda"): ("cuda", "triton", "reference")}
 
 _default_impl: str | None = None  # None: read FASTGEN_IMPL on first use
 

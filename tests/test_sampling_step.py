@@ -375,11 +375,12 @@ def test_cpu_philox_and_history_over_many_tiles():
 
 
 def test_auto_prefers_the_cuda_step_on_cuda(monkeypatch):
-    """The measured exception to 'triton first on CUDA' (fastgen/_impl.py AUTO_ORDER_BY_OP): with every
-    implementation available, auto picks the CUDA kernel for the step and still Triton for the rest."""
+    """The measured exceptions to 'triton first on CUDA' (fastgen/_impl.py AUTO_ORDER_BY_OP): with every
+    implementation available, auto picks the CUDA kernels for the step and the noising, Triton elsewhere."""
     from fastgen import _impl
     from fastgen.ops.sampling_step import IMPLS
 
     monkeypatch.setattr(_impl, "unavailable_reason", lambda impl, device: None)
     assert _impl._resolve_cached("sampling_step", "auto", "cuda", 0, IMPLS) == "cuda"
-    assert _impl._resolve_cached("add_noise", "auto", "cuda", 0, ("triton", "cuda", "reference")) == "triton"
+    assert _impl._resolve_cached("add_noise", "auto", "cuda", 0, ("triton", "cuda", "reference")) == "cuda"
+    assert _impl._resolve_cached("group_norm", "auto", "cuda", 0, ("triton", "cuda", "reference")) == "triton"
