@@ -22,7 +22,6 @@ import torch
 
 from ..ops.step_coefficients import _rows
 
-SYMBOLS = ("x", "m", "h1", "h2", "h3", "h4", "z")
 _OUT_COLUMN = {"x": "OX", "h1": "H1", "h2": "H2", "h3": "H3", "h4": "H4", "z": "SZ"}
 
 

@@ -17,7 +17,6 @@ from .dpm_coefficients import (alpha_sigma, conversion, dpm_first_order, dpm_mul
 from .scheduling_base import SchedulerBase, SchedulerOutput
 from .thresholding import dynamic_threshold
 
-FINAL_SIGMAS_TYPES = ("zero", "sigma_min")
 DPM_BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
 SOLVER_PREDICTION_TYPES = PREDICTION_TYPES + ("flow_prediction",)
 
@@ -165,9 +164,7 @@ class DPMSolverFamilyBase(SchedulerBase):
         return torch.cat([first, second, third])
 
     def _final_sigma(self) -> float:
-        if self.config.final_sigmas_type not in FINAL_SIGMAS_TYPES:
-            raise ValueError(f"final_sigmas_type must be one of {FINAL_SIGMAS_TYPES}, got "
-                             f"{self.config.final_sigmas_type!r}")
+        S.check_final_sigmas_type(self.config.final_sigmas_type)
         return S.final_sigma(self.config.final_sigmas_type, self.alphas_cumprod)
 
     def _publish(self, ts, sigmas32: np.ndarray, coefs: torch.Tensor, device, thresholded: bool) -> None:
@@ -302,8 +299,7 @@ class DPMSolverMultistepScheduler(DPMSolverFamilyBase):
         if prediction_type == "flow_prediction" and alg in ("dpmsolver", "sde-dpmsolver"):
             raise ValueError(f"prediction_type='flow_prediction' needs a data-prediction algorithm_type "
                              f"(dpmsolver++ / sde-dpmsolver++), got {alg!r}")
-        if final_sigmas_type not in FINAL_SIGMAS_TYPES:
-            raise ValueError(f"final_sigmas_type must be one of {FINAL_SIGMAS_TYPES}, got {final_sigmas_type!r}")
+        S.check_final_sigmas_type(final_sigmas_type)
         self._init_solver(num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas, prediction_type,
                           timestep_spacing, rescale_betas_zero_snr)
         self._x0_table = None

@@ -9,9 +9,10 @@ import torch
 
 from ..ops import sampling_step
 from . import schedules
+from . import sigmas as S
 from .dpm_coefficients import dpm_first_order, dpm_singlestep_second, dpm_singlestep_third, sym
 from .scheduling_base import SchedulerOutput
-from .scheduling_dpmsolver_multistep import FINAL_SIGMAS_TYPES, DPMSolverFamilyBase
+from .scheduling_dpmsolver_multistep import DPMSolverFamilyBase
 
 logger = logging.getLogger("fastgen")
 
@@ -62,8 +63,7 @@ class DPMSolverSinglestepScheduler(DPMSolverFamilyBase):
                                       "(it indexes alpha_t with timestep=None); use dpmsolver++")
         if prediction_type == "flow_prediction" and alg == "dpmsolver":
             raise ValueError("prediction_type='flow_prediction' needs algorithm_type dpmsolver++ or sde-dpmsolver++")
-        if final_sigmas_type not in FINAL_SIGMAS_TYPES:
-            raise ValueError(f"final_sigmas_type must be one of {FINAL_SIGMAS_TYPES}, got {final_sigmas_type!r}")
+        S.check_final_sigmas_type(final_sigmas_type)
         self._init_solver(num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas, prediction_type,
                           "linspace", False)
         self._x0_table = None

@@ -20,6 +20,7 @@ import torch
 from .. import _rng
 from ..ops import sampling_step
 from ..ops.step_coefficients import _rows
+from . import sigmas as S
 from .scheduling_base import SchedulerBase, SchedulerOutput
 from .scheduling_dpmsolver_multistep import multistep_order
 from .scheduling_flow_match import SigmaNoising
@@ -27,7 +28,6 @@ from .thresholding import thresholded_x0
 
 SIGMA_SCHEDULES = ("karras", "exponential")
 EDM_PREDICTION_TYPES = ("epsilon", "v_prediction")
-FINAL_SIGMAS_TYPES = ("zero", "sigma_min")
 EDMEulerSchedulerOutput = SchedulerOutput
 
 
@@ -49,8 +49,7 @@ def _check_edm_config(sigma_schedule, prediction_type, final_sigmas_type) -> Non
     if prediction_type not in EDM_PREDICTION_TYPES:
         raise ValueError(f"prediction_type must be one of {EDM_PREDICTION_TYPES} for the EDM schedulers, got "
                          f"{prediction_type!r}")
-    if final_sigmas_type not in FINAL_SIGMAS_TYPES:
-        raise ValueError(f"final_sigmas_type must be one of {FINAL_SIGMAS_TYPES}, got {final_sigmas_type!r}")
+    S.check_final_sigmas_type(final_sigmas_type)
 
 
 class _EDMBase(SigmaNoising, SchedulerBase):

@@ -227,8 +227,7 @@ class EulerDiscreteScheduler(SigmaSchedulerBase):
             raise ValueError(f"interpolation_type must be one of {S.INTERPOLATION_TYPES}, got {interpolation_type!r}")
         if timestep_type not in ("discrete", "continuous"):
             raise ValueError(f"timestep_type must be 'discrete' or 'continuous', got {timestep_type!r}")
-        if final_sigmas_type not in S.FINAL_SIGMAS_TYPES:
-            raise ValueError(f"final_sigmas_type must be one of {S.FINAL_SIGMAS_TYPES}, got {final_sigmas_type!r}")
+        S.check_final_sigmas_type(final_sigmas_type)
         self._init_sigma_schedule(num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas,
                                   prediction_type, timestep_spacing, rescale_betas_zero_snr)
         self.use_karras_sigmas = use_karras_sigmas

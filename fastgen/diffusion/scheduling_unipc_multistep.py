@@ -12,7 +12,7 @@ from . import schedules
 from . import sigmas as S
 from .dpm_coefficients import alpha_sigma, conversion, rows, sym, unipc_update
 from .scheduling_base import SchedulerOutput
-from .scheduling_dpmsolver_multistep import FINAL_SIGMAS_TYPES, DPMSolverFamilyBase
+from .scheduling_dpmsolver_multistep import DPMSolverFamilyBase
 
 UNIPC_SOLVER_TYPES = ("bh1", "bh2")
 TIME_SHIFT_TYPES = ("exponential", "linear")
@@ -70,8 +70,7 @@ class UniPCMultistepScheduler(DPMSolverFamilyBase):
                 f"solver_order must be 1, 2 or 3 (the fused step holds four history tensors), got {solver_order!r}")
         if prediction_type == "flow_prediction" and not predict_x0:
             raise ValueError("prediction_type='flow_prediction' needs predict_x0=True")
-        if final_sigmas_type not in FINAL_SIGMAS_TYPES:
-            raise ValueError(f"final_sigmas_type must be one of {FINAL_SIGMAS_TYPES}, got {final_sigmas_type!r}")
+        S.check_final_sigmas_type(final_sigmas_type)
         if time_shift_type not in TIME_SHIFT_TYPES:
             raise ValueError(f"time_shift_type must be one of {TIME_SHIFT_TYPES}, got {time_shift_type!r}")
         self._init_solver(num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas, prediction_type,

@@ -167,6 +167,11 @@ def convert_sigmas(sigmas: np.ndarray, log_sigmas: np.ndarray, num_inference_ste
     return out, ts
 
 
+def check_final_sigmas_type(final_sigmas_type: str) -> None:
+    if final_sigmas_type not in FINAL_SIGMAS_TYPES:
+        raise ValueError(f"final_sigmas_type must be one of {FINAL_SIGMAS_TYPES}, got {final_sigmas_type!r}")
+
+
 def final_sigma(final_sigmas_type: str, alphas_cumprod: torch.Tensor) -> float:
     """The sigma the last step lands on: 0 ("zero") or the training schedule's smallest sigma,
     sqrt((1 - abar_0) / abar_0) in float32 ("sigma_min")."""
