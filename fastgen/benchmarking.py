@@ -219,22 +219,51 @@ class Comparison:
         if repeats < 1:
             raise ValueError(f"repeats must be >= 1, got {repeats}")
         timings: dict[int, list[Timing]] = {k: [] for k, e in enumerate(self._entries) if e[1] is not None}
+        load_before = _load()
         for _ in range(repeats):
             for k in timings:
                 timings[k].append(time_fn(self._entries[k][1], self.device, **self.timing))
+        busy = _busy_note(self.device, load_before, _load())
         rows = []
         for k, (impl, fn, nbytes, note) in enumerate(self._entries):
             if fn is None:
                 rows.append(Row(self.group, impl, math.nan, math.nan, math.nan, self.baseline, note=note))
                 continue
             t = sorted(timings[k], key=lambda x: x.median)[(repeats - 1) // 2]
-            row = Row(self.group, impl, t.median, t.q20, t.q80, self.baseline, bytes_moved=nbytes, note=note)
+            row = Row(self.group, impl, t.median, t.q20, t.q80, self.baseline, bytes_moved=nbytes,
+                      note=_join_notes(note, _noise_note(t), busy))
             if nbytes is not None:
                 row.gbps = nbytes / t.median / 1e9
                 if copy_gbps:
                     row.frac_copy_bw = fraction_of_copy_bandwidth(nbytes, t.median, copy_gbps)
             rows.append(row)
         return add_speedups(rows, self.baseline)
+
+
+# a row whose 20-80% spread exceeds this fraction of its median says so: read it as noise-limited
+NOISY_SPREAD = 0.25
+
+
+def _load() -> float | None:
+    return os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+
+
+def _busy_note(device, before: float | None, after: float | None) -> str:
+    """A note when other work shared the CPU during a CPU measurement (1-minute load above half the cores)."""
+    if torch.device(device).type != "cpu" or before is None or after is None:
+        return ""
+    if max(before, after) > 0.5 * (os.cpu_count() or 1):
+        return f"machine busy: 1-min load {before:.1f} before, {after:.1f} after"
+    return ""
+
+
+def _noise_note(t: Timing) -> str:
+    spread = (t.q80 - t.q20) / t.median if t.median > 0 else 0.0
+    return f"noisy: 20-80% spread {spread:.0%} of the median" if spread > NOISY_SPREAD else ""
+
+
+def _join_notes(*notes: str) -> str:
+    return "; ".join(n for n in notes if n)
 
 
 def add_speedups(rows: list[Row], baseline: str) -> list[Row]:

@@ -187,3 +187,20 @@ def test_python_dash_m_entry_points(module, monkeypatch, capsys):
     with pytest.raises(SystemExit) as e:
         runpy.run_module(module, run_name="__main__", alter_sys=True)
     assert e.value.code == 0 and "--quick" in capsys.readouterr().out
+
+
+def test_rows_say_when_they_are_noisy_or_the_machine_was_busy(monkeypatch):
+    spreads = iter([B.Timing(1.0, 0.95, 1.05, 10), B.Timing(1.0, 0.6, 1.4, 10)])
+    monkeypatch.setattr(B, "time_fn", lambda fn, device, **kw: next(spreads))
+    monkeypatch.setattr(B.os, "getloadavg", lambda: (64.0, 0.0, 0.0))
+    cmp = B.Comparison("g", baseline="steady", device="cpu")
+    cmp.add("steady", lambda: None)
+    cmp.add("jumpy", lambda: None, note="mine")
+    steady, jumpy = cmp.run()
+    assert "noisy" not in steady.note and steady.note.startswith("machine busy: 1-min load 64.0")
+    assert jumpy.note.startswith("mine; noisy: 20-80% spread 80% of the median; machine busy")
+    monkeypatch.setattr(B.os, "getloadavg", lambda: (0.0, 0.0, 0.0))
+    spreads = iter([B.Timing(1.0, 0.95, 1.05, 10)])
+    quiet = B.Comparison("g", baseline="steady", device="cpu")
+    quiet.add("steady", lambda: None)
+    assert quiet.run()[0].note == ""
