@@ -6,7 +6,6 @@ pair too): each timestep's sigma looked up as diffusers looks it up, without a h
 from __future__ import annotations
 
 import logging
-import math
 
 import numpy as np
 import torch
@@ -58,13 +57,6 @@ class SigmaNoising:
         table = self._on("sigmas", self._host_sigmas, sample.device).to(sample.dtype)
         sigma = torch.where(index >= 0, table[index.clamp_min(0)], torch.full_like(table[:1], float("nan")))
         return sigma.reshape(-1, *([1] * (sample.dim() - 1)))
-
-
-def _time_shift(kind: str, mu: float, sigma: float, t):
-    """diffusers' time shift of t in (0, 1] by mu (numpy, dtype of t)."""
-    if kind == "exponential":
-        return math.exp(mu) / (math.exp(mu) + (1 / t - 1) ** sigma)
-    return mu / (mu + (1 / t - 1) ** sigma)
 
 
 class FlowMatchEulerDiscreteScheduler(SigmaNoising, SchedulerBase):
@@ -178,7 +170,7 @@ class FlowMatchEulerDiscreteScheduler(SigmaNoising, SchedulerBase):
             sig = np.array(sigmas).astype(np.float32)
             n = len(sig)
         if cfg.use_dynamic_shifting:
-            sig = _time_shift(cfg.time_shift_type, mu, 1.0, sig)
+            sig = sigma_schedules.time_shift(cfg.time_shift_type, mu, 1.0, sig)
         else:
             sig = self.shift * sig / (1 + (self.shift - 1) * sig)
         if cfg.shift_terminal:
@@ -268,10 +260,8 @@ class FlowMatchEulerDiscreteScheduler(SigmaNoising, SchedulerBase):
 
     def time_shift(self, mu: float, sigma: float, t):
         """diffusers' time shift (exponential or linear, per the config)."""
-        return _time_shift(self.config.time_shift_type, mu, sigma, t)
+        return sigma_schedules.time_shift(self.config.time_shift_type, mu, sigma, t)
 
     def stretch_shift_to_terminal(self, t):
         """Stretch t so that its last value becomes ``shift_terminal``."""
-        one_minus_z = 1 - t
-        scale_factor = one_minus_z[-1] / (1 - self.config.shift_terminal)
-        return 1 - (one_minus_z / scale_factor)
+        return sigma_schedules.stretch_to_terminal(t, self.config.shift_terminal)

@@ -2,8 +2,6 @@
 corrector and the predictor of a step fused into one kernel pass."""
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 
@@ -96,16 +94,12 @@ class UniPCMultistepScheduler(DPMSolverFamilyBase):
     # -- schedule ------------------------------------------------------------------------------
 
     def time_shift(self, mu: float, sigma: float, t):
-        """The dynamic shift of flow sigmas t (exponential: e^mu / (e^mu + (1/t - 1)^sigma))."""
-        if self.config.time_shift_type == "exponential":
-            return math.exp(mu) / (math.exp(mu) + (1 / t - 1) ** sigma)
-        return mu / (mu + (1 / t - 1) ** sigma)
+        """The dynamic shift of flow sigmas t (:func:`fastgen.diffusion.sigmas.time_shift`)."""
+        return S.time_shift(self.config.time_shift_type, mu, sigma, t)
 
     def stretch_shift_to_terminal(self, t):
         """Stretch flow sigmas so the last one is ``shift_terminal``."""
-        one_minus_z = 1 - t
-        scale_factor = one_minus_z[-1] / (1 - self.config.shift_terminal)
-        return 1 - one_minus_z / scale_factor
+        return S.stretch_to_terminal(t, self.config.shift_terminal)
 
     def set_timesteps(self, num_inference_steps: int | None = None, device=None, sigmas=None, mu=None) -> None:
         """Timesteps and sigmas as diffusers builds them (spacing, steps_offset, the sigma type,

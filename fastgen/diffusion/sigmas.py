@@ -167,6 +167,21 @@ def convert_sigmas(sigmas: np.ndarray, log_sigmas: np.ndarray, num_inference_ste
     return out, ts
 
 
+def time_shift(kind: str, mu: float, sigma: float, t):
+    """diffusers' dynamic shift of flow sigmas t in (0, 1] by mu: exponential
+    e^mu / (e^mu + (1/t - 1)^sigma), or linear mu / (mu + (1/t - 1)^sigma)."""
+    if kind == "exponential":
+        return math.exp(mu) / (math.exp(mu) + (1 / t - 1) ** sigma)
+    return mu / (mu + (1 / t - 1) ** sigma)
+
+
+def stretch_to_terminal(t, shift_terminal: float):
+    """Stretch flow sigmas t so that the last one becomes ``shift_terminal``."""
+    one_minus_z = 1 - t
+    scale_factor = one_minus_z[-1] / (1 - shift_terminal)
+    return 1 - one_minus_z / scale_factor
+
+
 def check_final_sigmas_type(final_sigmas_type: str) -> None:
     if final_sigmas_type not in FINAL_SIGMAS_TYPES:
         raise ValueError(f"final_sigmas_type must be one of {FINAL_SIGMAS_TYPES}, got {final_sigmas_type!r}")
