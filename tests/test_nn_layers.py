@@ -44,6 +44,25 @@ def test_group_norm_act_matches_torch(shape, groups, activation):
     assert_close(norm(x), expected)
 
 
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="CUDA autocast needs a GPU"))])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_group_norm_act_follows_torch_autocast(device, dtype):
+    """Under autocast GroupNormAct gives nn.GroupNorm's dtype (float32 on CUDA, x's on CPU) and its
+    numbers; the float32 parameters are not rounded on CUDA, where torch computes in float32."""
+    if device == "cpu" and dtype == torch.float16:
+        pytest.skip("CPU autocast takes bfloat16")
+    torch.manual_seed(0)
+    ref = randomize(nn.GroupNorm(4, 16)).to(device)
+    ours = GroupNormAct.from_group_norm(ref, activation=None)
+    x = torch.randn(2, 16, 5, 3, device=device).to(dtype)
+    with torch.autocast(device, dtype=dtype):
+        want, got = ref(x), ours(x)
+    assert got.dtype == want.dtype == (torch.float32 if device == "cuda" else dtype)
+    tol = dict(atol=1e-5, rtol=1e-5) if device == "cuda" else dict(atol=2e-2, rtol=2e-2)
+    assert_close(got.float(), want.float(), **tol)
+
+
 def test_group_norm_act_emb_scale_shift_by_hand():
     norm = randomize(GroupNormAct(4, 8, eps=1e-5, activation="silu"))
     x, emb, scale, shift = torch.randn(2, 8, 4, 4), torch.randn(2, 8), torch.randn(2, 8), torch.randn(2, 8)

@@ -15,6 +15,13 @@ from ..ops.group_norm import ACTIVATIONS, group_norm
 __all__ = ["GroupNormAct"]
 
 
+def _autocasts_to_float32(x: torch.Tensor) -> bool:
+    """True where torch's autocast would run group_norm on ``x`` in float32: CUDA autocast
+    (torch.amp's "CUDA ops that can autocast to float32" list). CPU autocast has no such entry:
+    there nn.GroupNorm keeps x's dtype."""
+    return x.device.type == "cuda" and torch.is_autocast_enabled("cuda")
+
+
 class GroupNormAct(nn.Module):
     """``act(GroupNorm(x + emb) * weight + bias) * (1 + scale) + shift``, fused where a kernel exists.
 
@@ -28,7 +35,8 @@ class GroupNormAct(nn.Module):
     Forward: ``x`` (B, C, *spatial), any floating dtype, NCHW or channels_last; optional keyword
     inputs ``emb`` (B, C) added before the statistics (diffusers' ResnetBlock2D "default" mode),
     ``scale`` and ``shift`` (B, C) applied after the affine (improved-diffusion's
-    use_scale_shift_norm). Returns x's shape, dtype and memory format.
+    use_scale_shift_norm). Returns x's shape and memory format, in x's dtype — float32 under CUDA
+    autocast, where torch's autocast runs nn.GroupNorm in float32 too.
     """
 
     def __init__(self, num_groups: int, num_channels: int, eps: float = 1e-5, activation: str | None = "silu",
@@ -84,10 +92,18 @@ class GroupNormAct(nn.Module):
         for name, v in (("emb", emb), ("scale", scale), ("shift", shift)):
             if v is not None:
                 self._check_per_channel(name, v, x)
-        # Under autocast x arrives in bfloat16 / float16 while the parameters (and an embedding from
-        # a float32 path) stay float32; the op takes one dtype. The kernel computes in float32 either
-        # way, so rounding these to x's dtype costs what autocast's cast of a Linear weight costs.
-        weight, bias, emb, scale, shift = (None if v is None else v.to(x.dtype)
+        if _autocasts_to_float32(x):
+            # torch's CUDA autocast lists group_norm among the float32 ops: nn.GroupNorm there casts
+            # x, its parameters and the result to float32. Do the same, so swapping in GroupNormAct
+            # (fastgen.accelerate) changes neither the numbers nor the dtype the next layer sees.
+            dtype = torch.float32
+        else:
+            # Outside CUDA autocast (and under CPU autocast, which leaves group_norm alone) the
+            # output keeps x's dtype. The op takes one dtype, so float32 parameters meet a
+            # bfloat16 / float16 x rounded to it; the kernels compute in float32 either way.
+            dtype = x.dtype
+        x = x.to(dtype)
+        weight, bias, emb, scale, shift = (None if v is None else v.to(dtype)
                                            for v in (self.weight, self.bias, emb, scale, shift))
         return group_norm(x, self.num_groups, weight, bias, self.eps, emb=emb, scale=scale, shift=shift,
                           activation=self.activation)
