@@ -73,7 +73,7 @@ SETTINGS = {"batch": 256, "hidden": 256, "depth": 3, "latent_dim": 2}
 QUICK_SETTINGS = {"batch": 32, "hidden": 16, "depth": 1, "latent_dim": 2}
 COLUMNS = ["run", "loss", "penalty", "penalty_weight", "n_critic", "lr", "beta1", "beta2", "ema_decay", "g_steps",
            "d_steps", "batch", "hidden", "depth", "latent_dim", "seed", "evaluated", "modes_covered", "num_modes",
-           "high_quality_fraction", "reverse_kl", "g_modes_covered", "g_high_quality_fraction", "train_seconds",
+           "high_quality_fraction", "reverse_kl", "reverse_kl_all", "g_modes_covered", "g_high_quality_fraction", "train_seconds",
            "final_d_loss", "final_g_loss"]
 PROVENANCE_COLUMNS = ["device_name", "torch", "git_commit", "date_utc"]
 
@@ -129,12 +129,12 @@ def _table(header: tuple, lines: list[tuple]) -> str:
 
 
 def format_table(rows: list[dict]) -> str:
-    header = ("run", "seed", "G steps", "D steps", "scored", "modes", "high quality", "reverse KL", "G itself",
+    header = ("run", "seed", "G steps", "D steps", "scored", "modes", "high quality", "reverse KL (HQ / all)", "G itself",
               "train time")
     return _table(header, [
         (r["run"], str(r["seed"]), str(r["g_steps"]), str(r["d_steps"]), r["evaluated"],
          f"{r['modes_covered']}/{r['num_modes']}", f"{100 * r['high_quality_fraction']:.1f}%",
-         "-" if math.isnan(r["reverse_kl"]) else f"{r['reverse_kl']:.3f}",
+         " / ".join("-" if math.isnan(r[k]) else f"{r[k]:.3f}" for k in ("reverse_kl", "reverse_kl_all")),
          f"{r['g_modes_covered']}/{r['num_modes']} {100 * r['g_high_quality_fraction']:.1f}%",
          f"{r['train_seconds']:.1f} s") for r in rows])
 

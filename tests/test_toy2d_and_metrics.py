@@ -159,6 +159,13 @@ def test_far_samples_are_low_quality_and_the_threshold_is_in_stds():
     assert result.high_quality_fraction == 0.25 and result.modes_covered == 1 and result.counts[2] == 1
     assert mode_coverage(samples, m, threshold_std=3.2).high_quality_fraction == 0.5
     assert result.reverse_kl == pytest.approx(math.log(8))  # everything on one mode
+    # PacGAN's all-samples histogram counts every sample at its nearest mode: the two near mode 2,
+    # (50, -50) at mode 7 (angle -pi/4), and (0, 0), equidistant from all eight, at one of them.
+    assert result.counts_all.sum() == 4 and result.counts_all[2] >= 2 and result.counts_all[7] >= 1
+    p = result.counts_all[result.counts_all > 0].to(torch.float64) / 4
+    assert sorted(p.tolist()) == [0.25, 0.25, 0.5]
+    p = torch.tensor([0.25, 0.5, 0.25], dtype=torch.float64)
+    assert result.reverse_kl_all == pytest.approx(float((p * (8 * p).log()).sum()), rel=1e-12)
 
 
 def test_non_finite_samples_are_never_high_quality():
@@ -172,6 +179,7 @@ def test_non_finite_samples_are_never_high_quality():
     assert result.counts[:3].tolist() == [0, 0, 0]
     nothing = mode_coverage(torch.full((4, 2), float("nan")), m)
     assert nothing.modes_covered == 0 and nothing.high_quality_fraction == 0.0 and math.isnan(nothing.reverse_kl)
+    assert result.counts_all.sum() == 22 and math.isnan(nothing.reverse_kl_all)  # non-finite rows: in no histogram
 
 
 def test_min_samples_per_mode():

@@ -16,6 +16,8 @@ and Lin et al. 2018 (PacGAN):
 * reverse KL = KL(p || uniform) = sum_k p_k log(K p_k), p the histogram of the high-quality samples
   over the modes (PacGAN's "reverse KL", computed like its code does, from the high-quality
   counts): 0 when they spread evenly, log(K / m) when they spread evenly over m modes only.
+  PacGAN's paper (Table 1) defines its reverse KL on the nearest-mode histogram of *all* samples;
+  :attr:`ModeCoverage.reverse_kl_all` is that one (samples with a NaN / inf are left out of it).
 """
 from __future__ import annotations
 
@@ -40,6 +42,9 @@ class ModeCoverage:
         high_quality_fraction: high-quality samples / all samples (NaN samples count as not high quality).
         counts: (K,) int64 CPU tensor, the high-quality samples registered to each mode.
         reverse_kl: KL(counts / counts.sum() || uniform over K) in nats; NaN when no sample is high quality.
+        counts_all: (K,) int64 CPU tensor, every finite sample registered to its nearest mode.
+        reverse_kl_all: KL(counts_all / counts_all.sum() || uniform over K) in nats, the paper's
+            definition; NaN when no sample is finite.
     """
 
     modes_covered: int
@@ -47,12 +52,25 @@ class ModeCoverage:
     high_quality_fraction: float
     counts: torch.Tensor
     reverse_kl: float
+    counts_all: torch.Tensor
+    reverse_kl_all: float
 
     def as_dict(self) -> dict:
         """Plain Python values (counts as a list), e.g. for JSON."""
         return {"modes_covered": self.modes_covered, "num_modes": self.num_modes,
                 "high_quality_fraction": self.high_quality_fraction, "counts": self.counts.tolist(),
-                "reverse_kl": self.reverse_kl}
+                "reverse_kl": self.reverse_kl, "counts_all": self.counts_all.tolist(),
+                "reverse_kl_all": self.reverse_kl_all}
+
+
+def _reverse_kl_to_uniform(counts: torch.Tensor) -> float:
+    """KL(counts / counts.sum() || uniform over len(counts)) in nats; NaN for no counts."""
+    total = int(counts.sum())
+    if total == 0:
+        return math.nan
+    p = counts.to(torch.float64) / total
+    p = p[p > 0]  # 0 log 0 = 0
+    return float((p * (p * counts.numel()).log()).sum())
 
 
 def _check_samples(samples: object) -> torch.Tensor:
@@ -114,13 +132,8 @@ def mode_coverage(samples: torch.Tensor, mixture: Mixture, *, threshold_std: flo
     nearest_dist, nearest = dist.min(dim=1)
     high_quality = nearest_dist <= threshold  # NaN compares False
     counts = torch.bincount(nearest[high_quality], minlength=mixture.num_modes).cpu()
-
-    n_high = int(counts.sum())
-    if n_high == 0:
-        reverse_kl = math.nan
-    else:
-        p = counts.to(torch.float64) / n_high
-        p = p[p > 0]  # 0 log 0 = 0
-        reverse_kl = float((p * (p * mixture.num_modes).log()).sum())
+    counts_all = torch.bincount(nearest[x.isfinite().all(dim=1)], minlength=mixture.num_modes).cpu()
     return ModeCoverage(modes_covered=int((counts >= min_samples).sum()), num_modes=mixture.num_modes,
-                        high_quality_fraction=n_high / samples.shape[0], counts=counts, reverse_kl=reverse_kl)
+                        high_quality_fraction=int(counts.sum()) / samples.shape[0], counts=counts,
+                        reverse_kl=_reverse_kl_to_uniform(counts), counts_all=counts_all,
+                        reverse_kl_all=_reverse_kl_to_uniform(counts_all))
