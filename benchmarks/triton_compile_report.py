@@ -53,6 +53,7 @@ from triton.runtime.jit import JITFunction, create_function_from_signature  # no
 import fastgen  # noqa: E402
 from fastgen import _impl, benchmarking, ops  # noqa: E402
 from fastgen._io import atomic_write_text  # noqa: E402
+from fastgen.ops.bias_act import ACTIVATIONS as BIAS_ACT_ACTIVATIONS  # noqa: E402
 
 # Dynamic shared memory one block may use (cudaDevAttrMaxSharedMemoryPerBlockOptin): A100 and H100.
 SHARED_LIMIT = {80: 166912, 86: 101376, 89: 101376, 90: 232448}
@@ -178,6 +179,17 @@ def cases(quick: bool):
                 out = ops.attention(q, k, v, impl="triton")
                 out.backward(torch.randn_like(out))
             yield f"attention D{head_dim} {name}", attn
+
+        # bias_act: StyleGAN2's conv activation (rows launch) and mapping-network linear (flat
+        # launch); the activations with the most transcendentals; the clamp of its fp16 layers.
+        def bias_act(dtype=dtype):
+            for shape in ((4, 64, 16, 16), (4, 512)):
+                for act in (("lrelu",) if quick else tuple(BIAS_ACT_ACTIVATIONS)):
+                    x = torch.randn(shape).to(dtype).requires_grad_(True)
+                    b = torch.randn(shape[1]).to(dtype).requires_grad_(True)
+                    y = ops.bias_act(x, b, 1, act, clamp=256.0, impl="triton")
+                    y.backward(torch.randn_like(y))
+        yield f"bias_act {name}", bias_act
 
 
 def record(quick: bool) -> list[Launch]:
