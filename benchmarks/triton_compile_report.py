@@ -191,6 +191,18 @@ def cases(quick: bool):
                     y.backward(torch.randn_like(y))
         yield f"bias_act {name}", bias_act
 
+        # upfirdn2d: StyleGAN2's 2x upsampling (4-tap separable filter) and 2x downsampling, a
+        # 2-D filter with anisotropic factors; forward and backward (the adjoint is another launch).
+        def upfirdn(dtype=dtype):
+            fir = torch.tensor([1.0, 3.0, 3.0, 1.0]) / 8
+            for shape, f, up, down, pad in (((4, 64, 16, 16), fir, 2, 1, [2, 1, 2, 1]),
+                                            ((4, 64, 32, 32), fir, 1, 2, [1, 1, 1, 1]),
+                                            ((2, 8, 15, 9), torch.randn(3, 5), (2, 1), (1, 3), [1, 2, 0, 3])):
+                x = torch.randn(shape).to(dtype).requires_grad_(True)
+                y = ops.upfirdn2d(x, f, up, down, pad, impl="triton")
+                y.backward(torch.randn_like(y))
+        yield f"upfirdn2d {name}", upfirdn
+
 
 def record(quick: bool) -> list[Launch]:
     """Run :func:`cases` with recorders in place of the kernels; distinct launches, first seen first."""
