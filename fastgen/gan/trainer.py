@@ -97,6 +97,13 @@ class GANTrainer:
         ema_decay: None, or keep an exponential moving average of G's parameters with this decay
             in (0, 1) (e.g. 0.999), updated after every G step; its buffers (batch-norm statistics)
             are copied from G, as StyleGAN2 does. :meth:`sample` uses it.
+        g_regularizer: None, or a regulariser of G applied on its G steps: ``g_regularizer(z,
+            generator=...)`` -> a scalar, called with a fresh z of half the batch (StyleGAN2's
+            pl_batch_shrink) and the trainer's torch.Generator for its own noise, outside autocast;
+            e.g. ``StyleGAN2Generator.path_length_penalty`` (its running mean is a buffer of G, so
+            checkpoints keep it).
+        g_regularizer_weight: its weight (2 for StyleGAN2's path length), a number >= 0.
+        g_lazy_interval: apply it every ``g_lazy_interval`` G steps with that gain (StyleGAN2: 4).
         amp_dtype: None (full precision), torch.bfloat16 or torch.float16: the forward passes run
             under ``torch.autocast`` on the device; the gradient penalty (a gradient of a gradient)
             is computed outside autocast, in the parameters' precision (float32). float16 adds a
@@ -113,6 +120,7 @@ class GANTrainer:
                  penalty_weight: float = 10.0, lazy_interval: int = 1, n_critic: int = 1,
                  g_optimizer: torch.optim.Optimizer | None = None, d_optimizer: torch.optim.Optimizer | None = None,
                  lr: float = 2e-4, betas: tuple[float, float] = (0.5, 0.999), ema_decay: float | None = None,
+                 g_regularizer=None, g_regularizer_weight: float = 2.0, g_lazy_interval: int = 1,
                  amp_dtype: torch.dtype | None = None, device: torch.device | str | None = None, seed: int = 0):
         _first_parameter("generator", generator)
         _first_parameter("discriminator", discriminator)
@@ -130,6 +138,16 @@ class GANTrainer:
         if self.lazy.interval > 1 and penalty is None:
             raise ValueError(f"lazy_interval={self.lazy.interval} needs a penalty: there is nothing to apply lazily")
         self.n_critic = check_int("n_critic", n_critic, 1)
+        if g_regularizer is not None and not callable(g_regularizer):
+            raise TypeError(f"g_regularizer must be None or a callable (z, generator=...) -> scalar, got "
+                            f"{type(g_regularizer).__name__}")
+        if (isinstance(g_regularizer_weight, bool) or not isinstance(g_regularizer_weight, (int, float))
+                or not math.isfinite(g_regularizer_weight) or g_regularizer_weight < 0):
+            raise ValueError(f"g_regularizer_weight must be a finite number >= 0, got {g_regularizer_weight!r}")
+        self.g_lazy = LazyRegularization(check_int("g_lazy_interval", g_lazy_interval, 1))
+        if self.g_lazy.interval > 1 and g_regularizer is None:
+            raise ValueError(f"g_lazy_interval={self.g_lazy.interval} needs a g_regularizer: there is nothing to apply")
+        self.g_regularizer, self.g_regularizer_weight = g_regularizer, float(g_regularizer_weight)
         if ema_decay is not None and (isinstance(ema_decay, bool) or not isinstance(ema_decay, (int, float))
                                       or not 0 < ema_decay < 1):
             raise ValueError(f"ema_decay must be None or a number in (0, 1), got {ema_decay!r}")
@@ -217,7 +235,8 @@ class GANTrainer:
                 generator's parameters (float32 usually; AMP casts inside).
 
         Returns {"d_loss": D's adversarial loss, "penalty": the weighted penalty (before the lazy
-        gain; only on steps that apply it), "g_loss": G's loss (only on steps with a G step)} as
+        gain; only on steps that apply it), "g_loss": G's loss (only on steps with a G step),
+        "g_regularizer": the weighted G regulariser (before its lazy gain; only where applied)} as
         Python floats, read from the device in one transfer: the step's only host synchronisation
         (float16 AMP adds the GradScalers' inf checks).
         """
@@ -245,8 +264,16 @@ class GANTrainer:
             self.g_optimizer.zero_grad(set_to_none=True)
             with self._autocast():
                 g_loss = losses.generator_loss(self.discriminator(self.generator(self._latents(batch))), self.loss)
+            total = g_loss
+            if self.g_regularizer is not None and self.g_lazy.due(self.step // self.n_critic):
+                # a gradient of a gradient (path length): in full precision, like the D penalty
+                with torch.autocast(self.device.type, enabled=False):
+                    reg = self.g_regularizer_weight * self.g_regularizer(self._latents(max(1, batch // 2)),
+                                                                         generator=self._rng)
+                total = g_loss + self.g_lazy.gain * reg
+                values["g_regularizer"] = reg.detach()
             # inputs=: the gradient flows through D to G without touching D's .grad.
-            self._g_scaler.scale(g_loss).backward(inputs=self._g_params)
+            self._g_scaler.scale(total).backward(inputs=self._g_params)
             self._g_scaler.step(self.g_optimizer)
             self._g_scaler.update()
             if self.ema is not None:

@@ -5,6 +5,7 @@
     receptive_field(n_layers)            the input patch one PatchGAN output sees (70 for 3 layers)
     MLPGenerator, MLPDiscriminator       fully connected, for low-dimensional toy data
     UNet                                 DDPM / improved-diffusion U-Net; UNet.ddpm_cifar10(), UNet.from_diffusers(m)
+    StyleGAN2Generator, StyleGAN2Discriminator   Karras et al. 2020 on the fused bias_act / upfirdn2d ops
 
 Discriminators return raw logits (no sigmoid) for :mod:`fastgen.gan.losses`, take
 ``norm="layer"``/``"instance"``/``"none"`` for gradient penalties and ``spectral_norm=True``.
@@ -12,7 +13,9 @@ Discriminators return raw logits (no sigmoid) for :mod:`fastgen.gan.losses`, tak
 from .dcgan import DCGANDiscriminator, DCGANGenerator
 from .mlp import MLPDiscriminator, MLPGenerator
 from .patchgan import PatchGANDiscriminator, receptive_field
+from .stylegan2 import StyleGAN2Discriminator, StyleGAN2Generator
 from .unet import UNet
 
 __all__ = ["DCGANGenerator", "DCGANDiscriminator", "PatchGANDiscriminator", "receptive_field",
            "MLPGenerator", "MLPDiscriminator", "UNet"]
+__all__ += ["StyleGAN2Generator", "StyleGAN2Discriminator"]
