@@ -275,6 +275,27 @@ def test_discriminator_objective_matches_textbook(kind, batch_norm):
         assert_close(a, b, rtol=1e-8, atol=1e-10, name="D parameter gradient")
 
 
+def test_a_layer_flagged_as_using_batch_statistics_gets_separate_forwards():
+    """Minibatch std (StyleGAN2) mixes the samples of a batch as batch norm does: real and fake
+    must not share a forward, or its groups would mix them."""
+    from fastgen.models.stylegan2 import MinibatchStd
+
+    seen = []
+
+    class Recorder(nn.Module):
+        def forward(self, x):
+            seen.append(x.shape[0])
+            return x.flatten(1).sum(1)
+
+    D = nn.Sequential(MinibatchStd(2), Recorder())
+    real, fake = torch.randn(4, 3, 2, 2), torch.randn(4, 3, 2, 2)
+    gp.discriminator_objective(D, real, fake, loss="ns")
+    assert seen == [4, 4]
+    seen.clear()
+    gp.discriminator_objective(nn.Sequential(Recorder()), real, fake, loss="ns")
+    assert seen == [8]
+
+
 def test_patch_map_discriminator():
     D = nn.Conv2d(3, 1, 3).double()  # (B, 1, 6, 6) patch logits
     real, fake = torch.randn(2, 3, 8, 8, dtype=torch.float64), torch.randn(2, 3, 8, 8, dtype=torch.float64)

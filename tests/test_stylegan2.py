@@ -201,6 +201,31 @@ def test_trains_on_the_digits_with_lazy_r1_and_path_length():
     assert trainer.sample(3).shape == (3, 1, 8, 8)
 
 
+def test_class_conditional_training_and_label_errors():
+    from fastgen.data.digits import load_digits
+    from fastgen.gan import GANTrainer
+
+    images, labels = load_digits(8)
+    G, D = tiny_g(c_dim=10), tiny_d(c_dim=10)
+    trainer = GANTrainer(G, D, loss="hinge", penalty="r1", penalty_weight=1.0, lr=2e-3, betas=(0.0, 0.99), seed=0)
+    batches = ((images[i:i + 16], labels[i:i + 16]) for i in range(0, 64, 16))
+    history = trainer.fit(batches, 4, progress=False)
+    assert len(history) == 4 and all(math.isfinite(h["d_loss"]) for h in history)
+    out = trainer.sample(5, labels=torch.tensor([3, 3, 1, 0, 9]))
+    assert out.shape == (5, 1, 8, 8)
+    with pytest.raises(ValueError, match="labels must be given"):
+        trainer.train_step(images[:4])
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 10\)"):
+        trainer.train_step(images[:4], torch.tensor([0, 1, 2, 10]))
+    with pytest.raises(TypeError, match=r"labels must be an int64 tensor of shape \(4,\)"):
+        trainer.train_step(images[:4], torch.tensor([0.0, 1.0, 2.0, 3.0]))
+    with pytest.raises(ValueError, match="must agree"):
+        GANTrainer(tiny_g(c_dim=10), tiny_d(c_dim=3))
+    plain = GANTrainer(tiny_g(), tiny_d())
+    with pytest.raises(ValueError, match="the generator is unconditional"):
+        plain.train_step(images[:4], labels[:4])
+
+
 @pytest.mark.parametrize("call, error, match", [
     (lambda: tiny_g(img_resolution=12), ValueError, "power of two >= 4"),
     (lambda: tiny_d(img_resolution=2), ValueError, "power of two >= 4"),

@@ -105,8 +105,11 @@ def gradient_penalty(D, real: torch.Tensor, fake: torch.Tensor | None = None, ki
 
 
 def _has_batch_statistics(D) -> bool:
+    """D mixes samples of a batch: batch norm, or a layer that says so (``uses_batch_statistics =
+    True``, e.g. minibatch standard deviation): real and fake then need forwards of their own."""
     return isinstance(D, torch.nn.Module) and any(
-        isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in D.modules())
+        isinstance(m, torch.nn.modules.batchnorm._BatchNorm) or getattr(m, "uses_batch_statistics", False)
+        for m in D.modules())
 
 
 def _real_fake_outputs(D, real: torch.Tensor, fake: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -81,7 +81,10 @@ class GANTrainer:
     Args:
         generator: an nn.Module with an int attribute ``latent_dim``; ``generator(z)``, z
             (B, latent_dim) of its parameters' dtype, returns samples (B, ...) shaped like the real data.
-        discriminator: an nn.Module mapping (B, ...) samples to logits with one row per sample.
+            Class-conditional: an int attribute ``c_dim`` > 0 (the number of classes) and
+            ``generator(z, c)`` with c (B, c_dim) one-hot in z's dtype.
+        discriminator: an nn.Module mapping (B, ...) samples to logits with one row per sample
+            (``discriminator(x, c)`` and the same ``c_dim`` when conditional).
             Use one without batch statistics (no BatchNorm) with a gradient penalty.
         loss: one of :data:`fastgen.gan.losses.LOSS_KINDS` ("ns", "minimax", "wgan", "lsgan", "hinge").
         penalty: None or one of :data:`fastgen.gan.penalty.PENALTY_KINDS` ("wgan-gp",
@@ -138,6 +141,7 @@ class GANTrainer:
         if self.lazy.interval > 1 and penalty is None:
             raise ValueError(f"lazy_interval={self.lazy.interval} needs a penalty: there is nothing to apply lazily")
         self.n_critic = check_int("n_critic", n_critic, 1)
+        self.num_classes = _class_count(generator, discriminator)
         if g_regularizer is not None and not callable(g_regularizer):
             raise TypeError(f"g_regularizer must be None or a callable (z, generator=...) -> scalar, got "
                             f"{type(g_regularizer).__name__}")
@@ -210,8 +214,32 @@ class GANTrainer:
             raise ValueError(f"real must be a non-empty batch (B, ...), got shape {tuple(real.shape)}")
         return real
 
-    def _d_objective(self, real: torch.Tensor, fake: torch.Tensor, due: bool) -> tuple[torch.Tensor, dict]:
-        D = self.discriminator
+    def _conditioning(self, labels: object, batch: int) -> torch.Tensor | None:
+        """labels (B,) int64 class indices -> c (B, num_classes) one-hot in the parameters' dtype."""
+        if not self.num_classes:
+            if labels is not None:
+                raise ValueError("labels were given but the generator is unconditional (it has no c_dim > 0)")
+            return None
+        if labels is None:
+            raise ValueError(f"labels must be given: the generator and discriminator are class-conditional "
+                             f"(c_dim={self.num_classes})")
+        if not isinstance(labels, torch.Tensor) or labels.dtype != torch.int64 or labels.shape != (batch,):
+            got = f"{labels.dtype} {tuple(labels.shape)}" if isinstance(labels, torch.Tensor) else type(labels).__name__
+            raise TypeError(f"labels must be an int64 tensor of shape ({batch},), got {got}")
+        if labels.device != self.device:
+            raise ValueError(f"labels are on {labels.device} but the trainer is on {self.device}")
+        if bool(((labels < 0) | (labels >= self.num_classes)).any()):
+            raise ValueError(f"labels must lie in [0, {self.num_classes}), got values in "
+                             f"[{int(labels.min())}, {int(labels.max())}]")
+        return torch.nn.functional.one_hot(labels, self.num_classes).to(self._dtype)
+
+    def _networks(self, c: torch.Tensor | None):
+        """(G as z -> samples, D as x -> logits), with the class conditioning bound in."""
+        if c is None:
+            return self.generator, self.discriminator
+        return (lambda z: self.generator(z, c)), _WithLabels(self.discriminator, c)
+
+    def _d_objective(self, D, real: torch.Tensor, fake: torch.Tensor, due: bool) -> tuple[torch.Tensor, dict]:
         if not due:
             with self._autocast():
                 return discriminator_objective(D, real, fake, loss=self.loss)
@@ -227,12 +255,15 @@ class GANTrainer:
             pen = gradient_penalty(D, real, fake, kind=self.penalty, weight=self.penalty_weight, generator=self._rng)
         return d_loss + self.lazy.gain * pen, {"loss": parts["loss"], "penalty": pen.detach()}
 
-    def train_step(self, real: torch.Tensor) -> dict[str, float]:
+    def train_step(self, real: torch.Tensor, labels: torch.Tensor | None = None) -> dict[str, float]:
         """One D step on ``real`` and, when this is the n_critic-th call, one G step.
 
         Args:
             real: a batch (B, ...) of real samples on the trainer's device, in the dtype of the
                 generator's parameters (float32 usually; AMP casts inside).
+            labels: class-conditional models only: (B,) int64 classes of ``real``. The fake
+                samples of the step are drawn for the same classes (the data's class
+                distribution, as StyleGAN2-ADA samples its labels).
 
         Returns {"d_loss": D's adversarial loss, "penalty": the weighted penalty (before the lazy
         gain; only on steps that apply it), "g_loss": G's loss (only on steps with a G step),
@@ -242,17 +273,19 @@ class GANTrainer:
         """
         real = self._check_real(real)
         batch = real.shape[0]
+        c = self._conditioning(labels, batch)
+        G, D = self._networks(c)
         values: dict[str, torch.Tensor] = {}
 
         with torch.no_grad(), self._autocast():
-            fake = self.generator(self._latents(batch))
+            fake = G(self._latents(batch))
         fake = fake.to(self._dtype)
         if fake.shape != real.shape:
             raise ValueError(f"the generator makes samples of shape {tuple(fake.shape)} but the real batch has shape "
                              f"{tuple(real.shape)}")
         due = self.penalty is not None and self.lazy.due(self.step)
         self.d_optimizer.zero_grad(set_to_none=True)
-        total, parts = self._d_objective(real, fake, due)
+        total, parts = self._d_objective(D, real, fake, due)
         self._d_scaler.scale(total).backward()
         self._d_scaler.step(self.d_optimizer)
         self._d_scaler.update()
@@ -263,13 +296,14 @@ class GANTrainer:
         if (self.step + 1) % self.n_critic == 0:
             self.g_optimizer.zero_grad(set_to_none=True)
             with self._autocast():
-                g_loss = losses.generator_loss(self.discriminator(self.generator(self._latents(batch))), self.loss)
+                g_loss = losses.generator_loss(D(G(self._latents(batch))), self.loss)
             total = g_loss
             if self.g_regularizer is not None and self.g_lazy.due(self.step // self.n_critic):
                 # a gradient of a gradient (path length): in full precision, like the D penalty
+                half = max(1, batch // 2)
                 with torch.autocast(self.device.type, enabled=False):
-                    reg = self.g_regularizer_weight * self.g_regularizer(self._latents(max(1, batch // 2)),
-                                                                         generator=self._rng)
+                    args = (self._latents(half),) if c is None else (self._latents(half), c[:half])
+                    reg = self.g_regularizer_weight * self.g_regularizer(*args, generator=self._rng)
                 total = g_loss + self.g_lazy.gain * reg
                 values["g_regularizer"] = reg.detach()
             # inputs=: the gradient flows through D to G without touching D's .grad.
@@ -294,21 +328,26 @@ class GANTrainer:
     # --- sampling -------------------------------------------------------------------------------------
 
     @torch.no_grad()
-    def sample(self, n: int, *, use_ema: bool = True, generator: torch.Generator | None = None) -> torch.Tensor:
+    def sample(self, n: int, *, use_ema: bool = True, generator: torch.Generator | None = None,
+               labels: torch.Tensor | None = None) -> torch.Tensor:
         """n samples (n, ...) of G on the trainer's device, in full precision, with G in eval mode.
 
         ``use_ema``: use the EMA copy where the trainer keeps one (else G). z ~ N(0, I) is drawn
         from ``generator`` (a torch.Generator on the trainer's device; None: torch's default one),
         never from the trainer's own, so the training latents are unaffected (a generator=None
         call does advance torch's default generator, which a model with dropout trains on).
+        ``labels``: class-conditional models: (n,) int64 classes; None: 0, 1, ..., C - 1, 0, 1, ...
         """
         n = check_int("n", n, 1)
         model = self.ema if use_ema and self.ema is not None else self.generator
         z = torch.randn(n, self.latent_dim, generator=generator, device=self.device, dtype=self._dtype)
+        if self.num_classes and labels is None:
+            labels = torch.arange(n, device=self.device) % self.num_classes
+        c = self._conditioning(labels, n)
         was_training = model.training
         model.eval()
         try:
-            return model(z)
+            return model(z) if c is None else model(z, c)
         finally:
             model.train(was_training)
 
@@ -341,7 +380,8 @@ class GANTrainer:
         """Run ``steps`` train_step calls on batches drawn from ``batches``.
 
         Args:
-            batches: an iterable of real batches on the trainer's device; it must yield at least
+            batches: an iterable of real batches on the trainer's device (``(images, labels)``
+                pairs for class-conditional models); it must yield at least
                 ``steps`` of them (a DataLoader ends after one epoch: loop it over epochs;
                 :func:`fastgen.data.toy_batches` never ends).
             steps: train_step calls, an int >= 0 (so ``steps // n_critic`` G steps from step 0).
@@ -377,7 +417,12 @@ class GANTrainer:
                     real = next(iterator)
                 except StopIteration:
                     raise ValueError(f"batches ran out after {i} of {steps} steps") from None
-                record = self.train_step(real)
+                labels = None
+                if isinstance(real, (tuple, list)):  # (images, labels) of a class-conditional data set
+                    if len(real) != 2:
+                        raise ValueError(f"a batch must be a tensor or an (images, labels) pair, got {len(real)} items")
+                    real, labels = real
+                record = self.train_step(real, labels)
                 history.append({"step": self.step, **record})
                 if bar is not None:
                     bar.set_postfix({k: f"{v:.4g}" for k, v in record.items()}, refresh=False)
@@ -432,6 +477,34 @@ class GANTrainer:
 
 
 # --- previews ---------------------------------------------------------------------------------------------
+
+def _class_count(generator: nn.Module, discriminator: nn.Module) -> int:
+    """The number of classes of a class-conditional pair (their ``c_dim``), 0 for unconditional ones."""
+    counts = []
+    for name, module in (("generator", generator), ("discriminator", discriminator)):
+        c_dim = getattr(module, "c_dim", 0) or 0
+        if isinstance(c_dim, bool) or not isinstance(c_dim, int) or c_dim < 0:
+            raise TypeError(f"{name}.c_dim must be an int >= 0 (the number of classes), got {c_dim!r}")
+        counts.append(c_dim)
+    if counts[0] != counts[1]:
+        raise ValueError(f"generator.c_dim ({counts[0]}) and discriminator.c_dim ({counts[1]}) must agree: both "
+                         "unconditional (0) or both conditional on the same classes")
+    return counts[0]
+
+
+class _WithLabels(nn.Module):
+    """D with its class conditioning bound: x (k B, ...) -> D(x, c repeated k times), so the joined
+    [real; fake] forward of fastgen.gan.penalty (same classes for both) sees the right labels."""
+
+    def __init__(self, discriminator: nn.Module, c: torch.Tensor):
+        super().__init__()
+        self.discriminator, self.c = discriminator, c
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[0] % self.c.shape[0]:
+            raise ValueError(f"a batch of {x.shape[0]} does not match the {self.c.shape[0]} class labels")
+        return self.discriminator(x, self.c.repeat(x.shape[0] // self.c.shape[0], 1))
+
 
 def _pil():
     """PIL's Image and ImageDraw modules; Pillow is needed for previews only, so it is imported here."""

@@ -157,6 +157,10 @@ class MinibatchStd(nn.Module):
     pixels in ``num_channels`` slices, appended as extra channels. The group is the largest divisor
     of the batch that is <= group_size (StyleGAN2 requires the batch to be a multiple)."""
 
+    # Statistics across the batch: a discriminator holding this layer must see real and fake samples
+    # in separate forwards (fastgen.gan.penalty reads this flag), or a group would mix them.
+    uses_batch_statistics = True
+
     def __init__(self, group_size: int = 4, num_channels: int = 1):
         super().__init__()
         self.group_size, self.num_channels = group_size, num_channels
