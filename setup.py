@@ -15,7 +15,7 @@ jobs and NVCC_THREADS nvcc's own threads; FASTGEN_CPU_MARCH (default "native") i
 import glob
 import os
 
-from setuptools import Extension, setup
+from setuptools import Extension, find_packages, setup
 from setuptools.command.build_ext import build_ext
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -78,14 +78,15 @@ setup(
     version="0.1.0",
     description="Kernel-accelerated generative models in PyTorch: fused Triton/CUDA diffusion ops, drop-in schedulers",
     python_requires=">=3.10",
-    packages=["fastgen", "fastgen.ops", "fastgen.diffusion", "fastgen.nn", "fastgen.gan", "fastgen.models", "fastgen.data",
-              "fastgen.metrics", "fastgen.kernels"],
+    # every fastgen subpackage (find_packages: a new one cannot be left out of a wheel), plus the
+    # Triton kernels, which live in kernels/ and install as fastgen.kernels
+    packages=find_packages(include=["fastgen", "fastgen.*"]) + ["fastgen.kernels"],
     package_dir={"fastgen.kernels": "kernels"},
     package_data={"fastgen": ["_build_info.txt"], "fastgen.data": ["digits.csv.gz", "DIGITS_LICENSE.txt"],
                   "fastgen.metrics": ["digits_classifier.pt"]},
     ext_modules=ext_modules,
     cmdclass=cmdclass,
-    install_requires=["torch>=2.5", "triton>=3.2", "numpy", "ninja", "tqdm", "pillow"],
+    install_requires=["torch>=2.11", "triton>=3.6", "numpy", "ninja", "tqdm", "pillow"],  # torch 2.11 pins triton 3.6
     # diffusers is the reference the benchmarks and tests compare with, and the optional host of the
     # drop-in schedulers (where it is installed they subclass its SchedulerMixin); nothing needs it.
     extras_require={

@@ -1,6 +1,7 @@
 """Trainer checkpoints that cannot lie: checksummed on disk, validated whole before anything is restored.
 
-One implementation for :class:`fastgen.diffusion.DiffusionTrainer` and :class:`fastgen.gan.GANTrainer`;
+One implementation for :class:`fastgen.diffusion.DiffusionTrainer`, :class:`fastgen.gan.GANTrainer` and
+:class:`fastgen.vae.VAETrainer`, which also take their EMA (:func:`ema_copy`, :func:`update_ema`) from here;
 a trainer names its stateful parts (modules, optimizers, GradScalers; None for one it does not keep),
 its plain values (step, seed, ...) and the settings a checkpoint must match (its ``_structure()``).
 
@@ -29,7 +30,7 @@ import torch.nn as nn
 
 from ._io import atomic_write
 
-__all__ = ["CheckpointError", "save", "load", "rng_states", "restore_rng_states"]
+__all__ = ["CheckpointError", "save", "load", "rng_states", "restore_rng_states", "ema_copy", "update_ema"]
 
 _MAGIC = b"fastgen-checkpoint sha256="
 _HEADER = re.compile(rb"fastgen-checkpoint sha256=([0-9a-f]{64})\n")
@@ -74,6 +75,24 @@ def restore_rng_states(rng: dict[str, torch.Tensor], generator: torch.Generator)
     generator.set_state(rng["trainer"])
     if generator.device.type == "cuda":
         torch.cuda.set_rng_state(rng["cuda"], generator.device)
+
+
+# --- the EMA a trainer keeps (and checkpoints as one of its parts) -------------------------------------
+
+def ema_copy(model: nn.Module) -> nn.Module:
+    """A frozen copy of ``model`` in eval mode, to average its parameters into with :func:`update_ema`."""
+    return copy.deepcopy(model).requires_grad_(False).eval()
+
+
+@torch.no_grad()
+def update_ema(ema: nn.Module, model: nn.Module, decay: float) -> None:
+    """ema <- lerp(ema, model, 1 - decay) for every parameter (one foreach call, no host sync), and
+    the buffers (batch-norm statistics) copied, as StyleGAN2 does. Not torch's
+    AveragedModel.update_parameters: it tests its device-side step counter on the host, a sync per step."""
+    torch._foreach_lerp_(list(ema.parameters()), [p.detach() for p in model.parameters()], 1.0 - decay)
+    ema_buffers, buffers = list(ema.buffers()), list(model.buffers())
+    if buffers:
+        torch._foreach_copy_(ema_buffers, buffers)
 
 
 # --- bytes on disk ------------------------------------------------------------------------------------

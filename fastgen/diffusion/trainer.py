@@ -20,14 +20,12 @@ step's only sync). :meth:`fit` calls the step without reading anything and syncs
 """
 from __future__ import annotations
 
-import copy
 import logging
 import math
 from typing import Iterable
 
 import torch
 import torch.nn as nn
-from torch.optim.swa_utils import get_ema_multi_avg_fn
 
 from .. import checkpoint
 from .._io import check_writable, progress_bar
@@ -158,10 +156,7 @@ class DiffusionTrainer:
         self._forward = torch.compile(model, **(compile_options or {})) if compile else model
         self.ema = None
         if self.ema_decay is not None:
-            self.ema = copy.deepcopy(model).requires_grad_(False).eval()
-            # torch's EMA update (one foreach lerp). Not AveragedModel.update_parameters: it
-            # tests its device-side step counter on the host (`n_averaged == 0`), a sync per step.
-            self._ema_update = get_ema_multi_avg_fn(self.ema_decay)
+            self.ema = checkpoint.ema_copy(model)
         self._rng = torch.Generator(device=self.device).manual_seed(self.seed)
         self.sample_shape: tuple[int, ...] | None = None  # of one sample, from the first batch
         self.step = 0
@@ -217,7 +212,7 @@ class DiffusionTrainer:
             values["grad_norm"] = torch.nn.utils.clip_grad_norm_(self._params, self.grad_clip)
         self.optimizer.step()
         if self.ema is not None:
-            self._update_ema()
+            checkpoint.update_ema(self.ema, self.model, self.ema_decay)
         if self.sample_shape is None:
             self.sample_shape = tuple(x0.shape[1:])
         self.step += 1
@@ -238,15 +233,6 @@ class DiffusionTrainer:
         values = self._step(x0, y)
         floats = torch.stack([v.float() for v in values.values()]).tolist()
         return dict(zip(values, floats))
-
-    @torch.no_grad()
-    def _update_ema(self) -> None:
-        ema_params = [p for p in self.ema.parameters()]
-        params = [p.detach() for p in self.model.parameters()]
-        self._ema_update(ema_params, params, None)
-        ema_buffers, buffers = list(self.ema.buffers()), list(self.model.buffers())
-        if buffers:
-            torch._foreach_copy_(ema_buffers, buffers)
 
     # --- training loop --------------------------------------------------------------------------------
 

@@ -24,7 +24,6 @@ restoring its generator's state).
 """
 from __future__ import annotations
 
-import copy
 import logging
 import math
 import os
@@ -107,6 +106,8 @@ class GANTrainer:
             checkpoints keep it).
         g_regularizer_weight: its weight (2 for StyleGAN2's path length), a number >= 0.
         g_lazy_interval: apply it every ``g_lazy_interval`` G steps with that gain (StyleGAN2: 4).
+        drift_weight: ProGAN's drift term, drift_weight * mean(D(real)^2) added to every D step's
+            loss (Karras et al. 2018 use 0.001 with WGAN-GP), a number >= 0.
         amp_dtype: None (full precision), torch.bfloat16 or torch.float16: the forward passes run
             under ``torch.autocast`` on the device; the gradient penalty (a gradient of a gradient)
             is computed outside autocast, in the parameters' precision (float32). float16 adds a
@@ -124,7 +125,8 @@ class GANTrainer:
                  g_optimizer: torch.optim.Optimizer | None = None, d_optimizer: torch.optim.Optimizer | None = None,
                  lr: float = 2e-4, betas: tuple[float, float] = (0.5, 0.999), ema_decay: float | None = None,
                  g_regularizer=None, g_regularizer_weight: float = 2.0, g_lazy_interval: int = 1,
-                 amp_dtype: torch.dtype | None = None, device: torch.device | str | None = None, seed: int = 0):
+                 drift_weight: float = 0.0, amp_dtype: torch.dtype | None = None,
+                 device: torch.device | str | None = None, seed: int = 0):
         _first_parameter("generator", generator)
         _first_parameter("discriminator", discriminator)
         latent_dim = getattr(generator, "latent_dim", None)
@@ -152,6 +154,10 @@ class GANTrainer:
         if self.g_lazy.interval > 1 and g_regularizer is None:
             raise ValueError(f"g_lazy_interval={self.g_lazy.interval} needs a g_regularizer: there is nothing to apply")
         self.g_regularizer, self.g_regularizer_weight = g_regularizer, float(g_regularizer_weight)
+        if (isinstance(drift_weight, bool) or not isinstance(drift_weight, (int, float))
+                or not math.isfinite(drift_weight) or drift_weight < 0):
+            raise ValueError(f"drift_weight must be a finite number >= 0, got {drift_weight!r}")
+        self.drift_weight = float(drift_weight)
         if ema_decay is not None and (isinstance(ema_decay, bool) or not isinstance(ema_decay, (int, float))
                                       or not 0 < ema_decay < 1):
             raise ValueError(f"ema_decay must be None or a number in (0, 1), got {ema_decay!r}")
@@ -191,7 +197,7 @@ class GANTrainer:
 
         self.ema = None
         if ema_decay is not None:
-            self.ema = copy.deepcopy(generator).requires_grad_(False).eval()
+            self.ema = checkpoint.ema_copy(generator)
         self._rng = torch.Generator(device=self.device).manual_seed(self.seed)
         self.step = 0
 
@@ -242,15 +248,16 @@ class GANTrainer:
     def _d_objective(self, D, real: torch.Tensor, fake: torch.Tensor, due: bool) -> tuple[torch.Tensor, dict]:
         if not due:
             with self._autocast():
-                return discriminator_objective(D, real, fake, loss=self.loss)
+                return discriminator_objective(D, real, fake, loss=self.loss, drift=self.drift_weight)
         if self.amp_dtype is None:
             return discriminator_objective(D, real, fake, loss=self.loss, penalty=self.penalty,
-                                           weight=self.penalty_weight, gain=self.lazy.gain, generator=self._rng)
+                                           weight=self.penalty_weight, gain=self.lazy.gain, generator=self._rng,
+                                           drift=self.drift_weight)
         # Under AMP the penalty gets its own full-precision forward (real and fake are in the
         # parameters' dtype): a gradient of a gradient in 16 bits loses most of its precision, and
         # the penalty's target (||grad|| = 1) is an absolute scale.
         with self._autocast():
-            d_loss, parts = discriminator_objective(D, real, fake, loss=self.loss)
+            d_loss, parts = discriminator_objective(D, real, fake, loss=self.loss, drift=self.drift_weight)
         with torch.autocast(self.device.type, enabled=False):
             pen = gradient_penalty(D, real, fake, kind=self.penalty, weight=self.penalty_weight, generator=self._rng)
         return d_loss + self.lazy.gain * pen, {"loss": parts["loss"], "penalty": pen.detach()}
@@ -311,19 +318,12 @@ class GANTrainer:
             self._g_scaler.step(self.g_optimizer)
             self._g_scaler.update()
             if self.ema is not None:
-                self._update_ema()
+                checkpoint.update_ema(self.ema, self.generator, self.ema_decay)
             values["g_loss"] = g_loss.detach()
 
         self.step += 1
         floats = torch.stack([v.to(torch.float32) for v in values.values()]).tolist()
         return dict(zip(values, floats))
-
-    @torch.no_grad()
-    def _update_ema(self) -> None:
-        torch._foreach_lerp_(list(self.ema.parameters()), list(self.generator.parameters()), 1.0 - self.ema_decay)
-        ema_buffers, buffers = list(self.ema.buffers()), list(self.generator.buffers())
-        if buffers:
-            torch._foreach_copy_(ema_buffers, buffers)
 
     # --- sampling -------------------------------------------------------------------------------------
 

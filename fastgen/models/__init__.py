@@ -6,6 +6,9 @@
     MLPGenerator, MLPDiscriminator       fully connected, for low-dimensional toy data
     UNet                                 DDPM / improved-diffusion U-Net; UNet.ddpm_cifar10(), UNet.from_diffusers(m)
     StyleGAN2Generator, StyleGAN2Discriminator   Karras et al. 2020 on the fused bias_act / upfirdn2d ops
+    Autoencoder, VAE                     conv autoencoder, VAE (beta, IWAE bound); .digits() / .rgb32() presets
+    ConvEncoder, ConvDecoder             their halving / doubling conv stacks
+    Bernoulli, Gaussian, DiscretizedLogistic, bits_per_dim    decoder likelihoods (log p(x | z) in nats)
 
 Discriminators return raw logits (no sigmoid) for :mod:`fastgen.gan.losses`, take
 ``norm="layer"``/``"instance"``/``"none"`` for gradient penalties and ``spectral_norm=True``.
@@ -15,7 +18,12 @@ from .mlp import MLPDiscriminator, MLPGenerator
 from .patchgan import PatchGANDiscriminator, receptive_field
 from .stylegan2 import StyleGAN2Discriminator, StyleGAN2Generator
 from .unet import UNet
+from .autoencoder import Autoencoder, ConvDecoder, ConvEncoder
+from .likelihoods import Bernoulli, DiscretizedLogistic, Gaussian, bits_per_dim
+from .vae import VAE
 
 __all__ = ["DCGANGenerator", "DCGANDiscriminator", "PatchGANDiscriminator", "receptive_field",
            "MLPGenerator", "MLPDiscriminator", "UNet"]
 __all__ += ["StyleGAN2Generator", "StyleGAN2Discriminator"]
+__all__ += ["Autoencoder", "VAE", "ConvEncoder", "ConvDecoder", "Bernoulli", "Gaussian", "DiscretizedLogistic",
+            "bits_per_dim"]
