@@ -30,22 +30,23 @@ import torch
 
 from fastgen import benchmarking
 from fastgen._io import atomic_write
-from fastgen.data import load_digits
+from fastgen.data import load_digits, split_indices
+from fastgen.data.digits import TEST_EVERY
 from fastgen.models import VAE, bits_per_dim
 from fastgen.vae import VAETrainer
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from run_digits_training import image_grid_png  # noqa: E402  (one grid writer for the digits scripts)
 
-TEST_EVERY = 5  # image i is in the test split when i % TEST_EVERY == 0
 DIMS = 64
 
 
 def split_digits() -> tuple[torch.Tensor, torch.Tensor]:
-    """(train (1437, 1, 8, 8), test (360, 1, 8, 8)) float32 in [-1, 1]."""
+    """(train (1437, 1, 8, 8), test (360, 1, 8, 8)) float32 in [-1, 1]: the package's one split
+    (fastgen.data.digits.split_indices, the digits classifier's too)."""
     images, _ = load_digits(8, normalize="[-1,1]")
-    test = torch.arange(images.shape[0]) % TEST_EVERY == 0
-    return images[~test].contiguous(), images[test].contiguous()
+    split = split_indices()
+    return images[torch.as_tensor(split["train"])].contiguous(), images[torch.as_tensor(split["test"])].contiguous()
 
 
 def endless_batches(images: torch.Tensor, batch: int, generator: torch.Generator):

@@ -91,3 +91,19 @@ def test_bad_arguments():
         digit_batches(8, epochs=0)
     with pytest.raises(TypeError, match="generator must be None or a CPU torch.Generator"):
         digit_batches(8, generator=1)
+
+
+def test_the_one_split_of_the_digits():
+    import numpy as np
+
+    from fastgen.data import split_indices
+    from fastgen.metrics.digits_classifier import load_digits_classifier
+    from fastgen.metrics.digits_classifier import split_indices as classifier_split
+
+    split = split_indices()
+    assert (len(split["train"]), len(split["test"])) == (1437, 360)
+    assert np.array_equal(np.sort(np.concatenate([split["train"], split["test"]])), np.arange(1797))
+    assert (split["test"] % 5 == 0).all() and (split["train"] % 5 != 0).all()
+    assert classifier_split is split_indices  # the classifier never trained on a test image
+    _, record = load_digits_classifier()
+    assert record["test_size"] == 360 and "i % 5 == 0" in record["split"]

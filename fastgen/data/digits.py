@@ -12,6 +12,8 @@ File format: gzip'd CSV, one image per line, 64 pixel values (row-major) then th
 
     load_digits(size=8 | 16 | 32)   all 1,797 images (N, 1, size, size) float32, labels (N,) int64
     digit_batches(batch_size)       minibatches, reshuffled every epoch from a torch.Generator
+    split_indices()                 THE train / test split (1,437 / 360) every model, metric and the
+                                    digits classifier of the package uses: image i is test when i % 5 == 0
 
 A small, real image data set for smoke tests and tiny diffusion / GAN runs on a CPU.
 """
@@ -26,12 +28,26 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["load_digits", "digit_batches", "DIGITS_PATH", "NUM_DIGITS"]
+__all__ = ["load_digits", "digit_batches", "split_indices", "DIGITS_PATH", "NUM_DIGITS", "TEST_EVERY"]
 
 DIGITS_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "digits.csv.gz")
 NUM_DIGITS = 1797
 SIZES = (8, 16, 32)
 NORMALIZATIONS = ("[-1,1]", "[0,1]", None)
+TEST_EVERY = 5  # image i is in the test split when i % TEST_EVERY == 0: 360 test, 1,437 train
+
+
+def split_indices() -> dict[str, np.ndarray]:
+    """{"train": (1437,), "test": (360,)} sorted int64 indices into the 1,797 digits.
+
+    The one split of the package: the digits classifier (fastgen.metrics) never trains on a test
+    image, so its Fréchet digits distance and class accuracy on the test split are held out for every
+    generative model trained on the train split (VAE, flows, VQ-VAE, GANs). Every fifth image: no
+    random draw, so the split cannot depend on a generator's implementation.
+    """
+    index = np.arange(NUM_DIGITS, dtype=np.int64)
+    test = index % TEST_EVERY == 0
+    return {"train": index[~test], "test": index[test]}
 
 
 @functools.lru_cache(maxsize=1)
