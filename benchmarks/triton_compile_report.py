@@ -180,6 +180,12 @@ def cases(quick: bool):
                 out.backward(torch.randn_like(out))
             yield f"attention D{head_dim} {name}", attn
 
+        # vq_nearest: D=64 in one D slice (the VQ-VAE shape), D=129 through the D loop with a masked slice
+        for dim in (64, 129):
+            def vq(dim=dim, dtype=dtype):
+                ops.vq_nearest(torch.randn(300, dim).to(dtype), torch.randn(200, dim).to(dtype), impl="triton")
+            yield f"vq_nearest D{dim} {name}", vq
+
         # bias_act: StyleGAN2's conv activation (rows launch) and mapping-network linear (flat
         # launch); the activations with the most transcendentals; the clamp of its fp16 layers.
         def bias_act(dtype=dtype):

@@ -6,6 +6,7 @@
     MLPGenerator, MLPDiscriminator       fully connected, for low-dimensional toy data
     UNet                                 DDPM / improved-diffusion U-Net; UNet.ddpm_cifar10(), UNet.from_diffusers(m)
     StyleGAN2Generator, StyleGAN2Discriminator   Karras et al. 2020 on the fused bias_act / upfirdn2d ops
+    VQVAE, VQVAE2, GatedPixelCNN         VQ-VAE (one and two levels) and the gated PixelCNN prior over its codes
     Autoencoder, VAE                     conv autoencoder, VAE (beta, IWAE bound); .digits() / .rgb32() presets
     ConvEncoder, ConvDecoder             their halving / doubling conv stacks
     Bernoulli, Gaussian, DiscretizedLogistic, bits_per_dim    decoder likelihoods (log p(x | z) in nats)
@@ -21,9 +22,12 @@ from .unet import UNet
 from .autoencoder import Autoencoder, ConvDecoder, ConvEncoder
 from .likelihoods import Bernoulli, DiscretizedLogistic, Gaussian, bits_per_dim
 from .vae import VAE
+from .pixelcnn import GatedPixelCNN
+from .vqvae import VQVAE, VQVAE2
 
 __all__ = ["DCGANGenerator", "DCGANDiscriminator", "PatchGANDiscriminator", "receptive_field",
            "MLPGenerator", "MLPDiscriminator", "UNet"]
 __all__ += ["StyleGAN2Generator", "StyleGAN2Discriminator"]
 __all__ += ["Autoencoder", "VAE", "ConvEncoder", "ConvDecoder", "Bernoulli", "Gaussian", "DiscretizedLogistic",
             "bits_per_dim"]
+__all__ += ["VQVAE", "VQVAE2", "GatedPixelCNN"]

@@ -8,11 +8,13 @@
     SelfAttention2d       GroupNorm, fused QKV, attention over H*W positions, output projection, residual
     ResBlock              DDPM / improved-diffusion residual block ("default" or scale-shift conditioning)
     Downsample, Upsample  stride-2 conv or average pool; nearest x2 with or without conv
+    VectorQuantizer       VQ-VAE nearest-code layer: straight-through, EMA codebook, k-means init, restarts
 """
 from .attention import SelfAttention2d, attention
 from .blocks import Downsample, ResBlock, Upsample
 from .embedding import TimeEmbedding, timestep_embedding
 from .norm import GroupNormAct
+from .vector_quantizer import VectorQuantizer, VQOutput
 
 __all__ = ["GroupNormAct", "timestep_embedding", "TimeEmbedding", "attention", "SelfAttention2d", "ResBlock",
-           "Downsample", "Upsample"]
+           "Downsample", "Upsample", "VectorQuantizer", "VQOutput"]
