@@ -21,14 +21,20 @@ template <typename T, int N> struct alignas(16) Pack { T v[N]; };
 // grid.x walks (sample, chunk) pairs so any batch size fits. Where every pointer is 16-byte
 // aligned (`vectorize`), the chunk is split into a scalar head, 16-byte vectors (each thread
 // keeping kItems of them in flight: the kernel is memory-bound) and a scalar tail; otherwise
-// neighbouring threads take neighbouring elements.
+// neighbouring threads take neighbouring elements, or with in-kernel noise neighbouring groups of
+// four. In-kernel noise is drawn four consecutive positions at a time (philox_normal4_at: one
+// Philox call, two logs, two sincosf; two calls where the offset is not a multiple of 4); only the
+// scalar head and tail (fewer than 2 * N elements per chunk) pay a call per element.
 template <typename T, bool kGenerate>
 __global__ void __launch_bounds__(256) add_noise_kernel(
     const T* __restrict__ x0, const T* __restrict__ noise, T* __restrict__ out, const int64_t* __restrict__ t,
     int64_t t_stride, const float* __restrict__ abar, int64_t num_train, const int64_t* __restrict__ rng,
     int64_t per_sample, int64_t chunks_per_sample, int64_t chunk_elems, bool vectorize) {
   constexpr int N = 16 / sizeof(T);
-  constexpr int kItems = 4;
+  static_assert(N % 4 == 0, "a vector holds whole groups of four stream positions");
+  // vectors per thread in flight; with in-kernel noise 2, which keeps ptxas from spilling the bf16
+  // instantiation (4 spilled 40 bytes per thread) while the Philox arithmetic hides latency
+  constexpr int kItems = kGenerate ? 2 : 4;
   const int64_t b = blockIdx.x / chunks_per_sample;
   const int64_t chunk = blockIdx.x % chunks_per_sample;
   int64_t ti = t[b * t_stride];
@@ -46,7 +52,18 @@ __global__ void __launch_bounds__(256) add_noise_kernel(
   // Flat index i is 16-byte aligned in every operand iff i % N == 0 (the bases are aligned).
   const int64_t vbegin = (begin + N - 1) / N, vend = end / N;
   if (!vectorize || vbegin >= vend) {
-    for (int64_t i = begin + threadIdx.x; i < end; i += blockDim.x) scalar(i);
+    if (kGenerate) {  // groups of four from one Philox call; (offset + begin) % 4 is uniform over the block
+      const int64_t stride = 4 * static_cast<int64_t>(blockDim.x);
+      for (int64_t g = begin + 4 * static_cast<int64_t>(threadIdx.x); g < end; g += stride) {
+        const Normal4 z = philox_normal4_at(seed, offset + static_cast<uint64_t>(g));
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+          if (g + j < end) store_f32(out + g + j, signal * load_f32(x0 + g + j) + noise_scale * z.v[j]);
+        }
+      }
+    } else {
+      for (int64_t i = begin + threadIdx.x; i < end; i += blockDim.x) scalar(i);
+    }
     return;
   }
   if (begin + threadIdx.x < vbegin * N) scalar(begin + threadIdx.x);  // head: fewer than N elements
@@ -68,9 +85,14 @@ __global__ void __launch_bounds__(256) add_noise_kernel(
       if (v < vend) {
         PackT o;
 #pragma unroll
-        for (int j = 0; j < N; ++j) {
-          const float eps = kGenerate ? philox_normal(seed, offset + static_cast<uint64_t>(v * N + j)) : load_f32(&zs[k].v[j]);
-          store_f32(&o.v[j], signal * load_f32(&xs[k].v[j]) + noise_scale * eps);
+        for (int g = 0; g < N; g += 4) {
+          Normal4 z;  // the noise of elements g .. g + 3 of this vector
+          if (kGenerate) z = philox_normal4_at(seed, offset + static_cast<uint64_t>(v * N + g));
+#pragma unroll
+          for (int j = g; j < g + 4; ++j) {
+            const float eps = kGenerate ? z.v[j - g] : load_f32(&zs[k].v[j]);
+            store_f32(&o.v[j], signal * load_f32(&xs[k].v[j]) + noise_scale * eps);
+          }
         }
         reinterpret_cast<PackT*>(out)[v] = o;
       }

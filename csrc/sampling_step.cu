@@ -80,9 +80,10 @@ __device__ __forceinline__ void load_hist_pack(const void* ptr, bool f32, int64_
 template <typename T, int kHist, int kNoise>
 __global__ void __launch_bounds__(256) sampling_step_kernel(Params p) {
   constexpr int N = 16 / sizeof(T);  // elements per vector
-  // vectors per thread in flight; Philox makes the kernel compute-heavy, and unrolling its 10
-  // rounds 4 * N times would only bloat the code; with several history slots 2 keep the
-  // registers in check (each slot holds kItems * N floats)
+  static_assert(N % 4 == 0, "a vector holds whole groups of four stream positions");
+  // vectors per thread in flight; Philox makes the kernel compute-heavy (one call per four
+  // elements), and unrolling it for kItems > 1 vectors would only bloat the code; with several
+  // history slots 2 keep the registers in check (each slot holds kItems * N floats)
   constexpr int kItems = kNoise == kNoisePhilox ? 1 : (kHist >= 2 ? 2 : 4);
   const T* __restrict__ xs = static_cast<const T*>(p.sample);
   const T* __restrict__ ms = static_cast<const T*>(p.model);
@@ -110,28 +111,47 @@ __global__ void __launch_bounds__(256) sampling_step_kernel(Params p) {
   uint64_t seed = 0, offset = 0;
   if (kNoise == kNoisePhilox && noisy) { seed = static_cast<uint64_t>(p.rng[0]); offset = static_cast<uint64_t>(p.rng[1]); }
 
-  auto scalar = [&](int64_t i) {
+  // Element i with scalar loads; z is its Philox normal (unused unless kNoise == kNoisePhilox and noisy).
+  auto element = [&](int64_t i, float z) {
     const float xv = to_f32(xs[i]);
     float x0, eps;
     float o = step_core(c, p.clip, xv, to_f32(ms[i]), x0, eps);
 #pragma unroll
     for (int s = 0; s < kHist; ++s) o += term(c.h[s], load_hist<T>(p.hist[s], f32[s], i));
     if (kNoise == kNoiseTensor && noisy) o += c.sz * to_f32(zs[i]);
-    if (kNoise == kNoisePhilox && noisy) o += c.sz * philox_normal(seed, offset + static_cast<uint64_t>(i));
+    if (kNoise == kNoisePhilox && noisy) o += c.sz * z;
     os[i] = from_f32<T>(o);
     if (write_state) states[i] = term(c.sx, xv) + term(c.s0, x0) + term(c.se, eps);
+  };
+  const bool philox = kNoise == kNoisePhilox && noisy;
+  // One element on its own: a whole Philox call (only the head and tail of a vectorised chunk).
+  auto scalar = [&](int64_t i) { element(i, philox ? philox_normal(seed, offset + static_cast<uint64_t>(i)) : 0.0f); };
+  // Elements [lo, hi) by the block's threads; with Philox noise in groups of four consecutive
+  // elements from one call ((offset + lo) % 4 is uniform over the block: no divergence).
+  auto scalar_range = [&](int64_t lo, int64_t hi) {
+    if (philox) {
+      for (int64_t g = lo + 4 * static_cast<int64_t>(threadIdx.x); g < hi; g += 4 * static_cast<int64_t>(blockDim.x)) {
+        const Normal4 z = philox_normal4_at(seed, offset + static_cast<uint64_t>(g));
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+          if (g + j < hi) element(g + j, z.v[j]);
+        }
+      }
+    } else {
+      for (int64_t i = lo + threadIdx.x; i < hi; i += blockDim.x) scalar(i);
+    }
   };
 
   const int64_t begin = b * p.per_sample + chunk * p.chunk_elems;
   const int64_t end = min(begin + p.chunk_elems, (b + 1) * p.per_sample);
   if (!p.vectorize) {
-    for (int64_t i = begin + threadIdx.x; i < end; i += blockDim.x) scalar(i);
+    scalar_range(begin, end);
     return;
   }
   // Flat index i is 16-byte aligned in every operand iff i % N == 0 (all bases are 16-byte aligned).
   const int64_t vbegin = (begin + N - 1) / N, vend = end / N;
   if (vbegin >= vend) {
-    for (int64_t i = begin + threadIdx.x; i < end; i += blockDim.x) scalar(i);
+    scalar_range(begin, end);
     return;
   }
   if (begin + threadIdx.x < vbegin * N) scalar(begin + threadIdx.x);  // head: fewer than N elements
@@ -161,16 +181,21 @@ __global__ void __launch_bounds__(256) sampling_step_kernel(Params p) {
         PackT o;
         PackF st;
 #pragma unroll
-        for (int j = 0; j < N; ++j) {
-          const float xv = to_f32(x[k].v[j]);
-          float x0, eps;
-          float ov = step_core(c, p.clip, xv, to_f32(m[k].v[j]), x0, eps);
+        for (int g = 0; g < N; g += 4) {
+          Normal4 zp;  // the Philox noise of elements g .. g + 3 of this vector
+          if (philox) zp = philox_normal4_at(seed, offset + static_cast<uint64_t>(v * N + g));
 #pragma unroll
-          for (int s = 0; s < kHist; ++s) ov += term(c.h[s], h[s][k][j]);
-          if (kNoise == kNoiseTensor && noisy) ov += c.sz * to_f32(z[k].v[j]);
-          if (kNoise == kNoisePhilox && noisy) ov += c.sz * philox_normal(seed, offset + static_cast<uint64_t>(v * N + j));
-          o.v[j] = from_f32<T>(ov);
-          st.v[j] = term(c.sx, xv) + term(c.s0, x0) + term(c.se, eps);
+          for (int j = g; j < g + 4; ++j) {
+            const float xv = to_f32(x[k].v[j]);
+            float x0, eps;
+            float ov = step_core(c, p.clip, xv, to_f32(m[k].v[j]), x0, eps);
+#pragma unroll
+            for (int s = 0; s < kHist; ++s) ov += term(c.h[s], h[s][k][j]);
+            if (kNoise == kNoiseTensor && noisy) ov += c.sz * to_f32(z[k].v[j]);
+            if (philox) ov += c.sz * zp.v[j - g];
+            o.v[j] = from_f32<T>(ov);
+            st.v[j] = term(c.sx, xv) + term(c.s0, x0) + term(c.se, eps);
+          }
         }
         reinterpret_cast<PackT*>(os)[v] = o;
         if (write_state) reinterpret_cast<PackF*>(states)[v] = st;

@@ -11,12 +11,19 @@ position k = offset + i of the stream, and positions 4p .. 4p + 3 share one Phil
 A uniform at position k (:func:`philox_uniform_ref`, the per-sample alpha of the gradient
 penalty) is word r_(k mod 4) of call p, the word z_k takes as its u1 (k even) or u2 (k odd).
 
-Using all four Philox words and both of Box-Muller's normals quarters the Philox rounds per
-element; that and a vectorised log / sin / cos (csrc/cpu/philox_block.h) make in-kernel noise on
-the CPU cheaper than torch.randn.
+Every kernel draws a group of four consecutive positions from one Philox call, using all four
+words and both of Box-Muller's outputs: 1/4 of a Philox call, 1/2 log and one sin or cos per
+element, where drawing each element on its own costs a call, a log and a sin and a cos (two calls
+per group where a group straddles counters, i.e. the offset or a sample's start is not a multiple
+of 4). On the CPU, with a vectorised log / sin / cos (csrc/cpu/philox_block.h), that made
+in-kernel noise faster than torch.randn: DDPMScheduler.step x50 765 us against 4.03 ms
+(benchmarks/results/cpu_targets_cpu-2core.csv). On the GPU (kernels/philox.py, csrc/philox.h) the
+saving is counted, not timed: fewer Philox rounds and registers per thread in the compile report;
+the time needs a GPU run of benchmarks/bench_add_noise.py and its siblings.
 (Philox: Salmon et al., "Parallel random numbers: as easy as 1, 2, 3", SC 2011.) The Triton
-kernels (``kernels/philox.py``), the CUDA and C++ kernels (``csrc/philox.h``) and
-:func:`philox_normal_ref` below compute the same z up to float32 rounding of log and cos.
+kernels (``kernels/philox.py``), the CUDA kernels (``csrc/philox.h``), the C++ CPU kernels
+(``csrc/cpu/philox_block.h``) and :func:`philox_normal_ref` below compute the same z up to float32
+rounding of log, sin and cos.
 
 The state is an int64 tensor ``[seed, offset]`` on the samples' device, so a caller can advance it
 on the device (``state[1] += n``) with no host synchronisation and inside a CUDA graph.

@@ -3,7 +3,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .philox import philox_normal
+from .philox import philox_normal_block
 from .tiling import launch_shape, sample_chunk
 
 
@@ -30,7 +30,10 @@ def _add_noise_kernel(
 
     x0 = tl.load(x0_ptr + idx, mask=mask).to(tl.float32)
     if GENERATE_NOISE:
-        eps = philox_normal(tl.load(rng_ptr), tl.load(rng_ptr + 1) + idx)
+        # idx[0]: the flat index this program starts at; one Philox call per 4 elements
+        start = b.to(tl.int64) * per_sample + (tl.program_id(0) % chunks_per_sample) * BLOCK
+        eps = philox_normal_block(tl.load(rng_ptr), tl.load(rng_ptr + 1) + start, BLOCK,
+                                  128 // out_ptr.dtype.element_ty.primitive_bitwidth)  # 16-byte rows
     else:
         eps = tl.load(noise_ptr + idx, mask=mask).to(tl.float32)
     tl.store(out_ptr + idx, signal * x0 + noise_scale * eps, mask=mask)

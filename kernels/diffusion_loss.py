@@ -10,18 +10,21 @@ import torch
 import triton
 import triton.language as tl
 
-from .philox import philox_normal
+from .philox import philox_normal_block
 from .tiling import launch_shape, sample_chunk
 
 
 @triton.jit
-def _residual(pred_ptr, x0_ptr, noise_ptr, rng_ptr, idx, mask, a_sig, a_noise,
-              MODE: tl.constexpr, GENERATE_NOISE: tl.constexpr):
-    """d = pred - target (float32) at flat indices ``idx``; epsilon never reads x0, sample never eps."""
+def _residual(pred_ptr, x0_ptr, noise_ptr, rng_ptr, idx, start, mask, a_sig, a_noise,
+              MODE: tl.constexpr, GENERATE_NOISE: tl.constexpr, BLOCK: tl.constexpr):
+    """d = pred - target (float32) at flat indices ``idx`` = start + arange(BLOCK) (masked); epsilon
+    never reads x0, sample never eps."""
     pred = tl.load(pred_ptr + idx, mask=mask).to(tl.float32)
     if MODE != 1:
         if GENERATE_NOISE:
-            eps = philox_normal(tl.load(rng_ptr), tl.load(rng_ptr + 1) + idx)
+            # one Philox call per 4 elements, in rows of 16 bytes of pred (the loads' layout)
+            eps = philox_normal_block(tl.load(rng_ptr), tl.load(rng_ptr + 1) + start, BLOCK,
+                                      128 // pred_ptr.dtype.element_ty.primitive_bitwidth)
         else:
             eps = tl.load(noise_ptr + idx, mask=mask).to(tl.float32)
     if MODE == 0:
@@ -51,10 +54,11 @@ def _loss_forward_kernel(
     BLOCK: tl.constexpr,
 ):
     b, mask, idx = sample_chunk(per_sample, chunks_per_sample, BLOCK)
+    start = b.to(tl.int64) * per_sample + (tl.program_id(0) % chunks_per_sample) * BLOCK  # idx[0]
     t = tl.minimum(tl.maximum(tl.load(t_ptr + b * t_stride), 0), num_train - 1)
     abar = tl.load(abar_ptr + t)
-    d = _residual(pred_ptr, x0_ptr, noise_ptr, rng_ptr, idx, mask, tl.sqrt(abar), tl.sqrt(1.0 - abar),
-                  MODE, GENERATE_NOISE)
+    d = _residual(pred_ptr, x0_ptr, noise_ptr, rng_ptr, idx, start, mask, tl.sqrt(abar), tl.sqrt(1.0 - abar),
+                  MODE, GENERATE_NOISE, BLOCK)
     d = tl.where(mask, d, 0.0)
     tl.store(partial_ptr + tl.program_id(0), tl.sum(d * d, axis=0))
 
@@ -80,10 +84,11 @@ def _loss_backward_kernel(
     BLOCK: tl.constexpr,
 ):
     b, mask, idx = sample_chunk(per_sample, chunks_per_sample, BLOCK)
+    start = b.to(tl.int64) * per_sample + (tl.program_id(0) % chunks_per_sample) * BLOCK  # idx[0]
     t = tl.minimum(tl.maximum(tl.load(t_ptr + b * t_stride), 0), num_train - 1)
     abar = tl.load(abar_ptr + t)
     a_sig, a_noise = tl.sqrt(abar), tl.sqrt(1.0 - abar)
-    d = _residual(pred_ptr, x0_ptr, noise_ptr, rng_ptr, idx, mask, a_sig, a_noise, MODE, GENERATE_NOISE)
+    d = _residual(pred_ptr, x0_ptr, noise_ptr, rng_ptr, idx, start, mask, a_sig, a_noise, MODE, GENERATE_NOISE, BLOCK)
     gp = tl.load(scale_ptr + b) * d
     tl.store(grad_pred_ptr + idx, gp, mask=mask)
     if WRITE_X0:  # -(d target / d x0) * gp: -1 for sample, +sqrt(1 - a) for v_prediction

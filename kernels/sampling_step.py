@@ -11,7 +11,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .philox import philox_normal
+from .philox import philox_normal_block
 from .tiling import launch_shape, sample_chunk
 
 NOISE_NONE, NOISE_TENSOR, NOISE_PHILOX = 0, 1, 2
@@ -88,7 +88,10 @@ def _sampling_step_kernel(
             if NOISE == 1:
                 z = tl.load(noise_ptr + idx, mask=mask).to(tl.float32)
             else:
-                z = philox_normal(tl.load(rng_ptr), tl.load(rng_ptr + 1) + idx)
+                # idx[0]: the flat index this program starts at; one Philox call per 4 elements
+                start = b.to(tl.int64) * per_sample + (tl.program_id(0) % chunks_per_sample) * BLOCK
+                z = philox_normal_block(tl.load(rng_ptr), tl.load(rng_ptr + 1) + start, BLOCK,
+                                        128 // out_ptr.dtype.element_ty.primitive_bitwidth)  # 16-byte rows
             out = out + sz * z
     tl.store(out_ptr + idx, out, mask=mask)
     if WRITE_STATE:

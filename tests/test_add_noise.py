@@ -1,5 +1,10 @@
 """fastgen.ops.add_noise: every implementation against add_noise_ref, noise statistics, gradients,
 opcheck, torch.compile and bad input."""
+import ctypes
+import os
+import shutil
+import subprocess
+
 import pytest
 import torch
 
@@ -47,12 +52,29 @@ def test_in_kernel_noise_matches_reference(device, impl, shape, channels_last):
     x0 = make(shape, channels_last, torch.float32, device)
     t = torch.randint(0, T, (shape[0],), device=device)
     table = alphas_cumprod(device)
-    # offsets whose stream position crosses 2**32 and whose Philox call index (position >> 2) crosses 2**32
-    for offset in (2**32 - 3, 2**34 - 4 * 20 - 1):
+    # offsets whose stream position crosses 2**32 and whose Philox call index (position >> 2) crosses
+    # 2**32, one of each residue mod 4: the kernels draw four positions per Philox call, two calls
+    # where a group of four straddles counters (offset or sample start not a multiple of 4)
+    for offset in (2**32 - 3, 2**34 - 4 * 20 - 1, 2**33 + 2, 2**34 - 4 * 20):
         state = torch.tensor([2**40 + 17, offset], dtype=torch.int64, device=device)
         out = add_noise(x0, t, table, seed=state, impl=impl)
         # log/cos differ by an ulp or two between libm, CUDA, the interpreter and the CPU polynomials
         assert_close(out, add_noise_ref(x0, t, table, rng=state), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("device,impl", impl_params())
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_in_kernel_noise_16bit(device, impl, dtype):
+    """16-bit samples (the Triton kernel draws rows of 8 = two Philox calls, the CUDA one 8-wide
+    vectors): every offset residue mod 4, a sample size that is a multiple of 4 and one that is not."""
+    table = alphas_cumprod(device)
+    for shape in [(2, 3, 8, 8), (3, 5, 7)]:
+        x0 = make(shape, False, dtype, device)
+        t = torch.randint(0, T, (shape[0],), device=device)
+        for offset in range(2**32 - 4, 2**32):
+            state = torch.tensor([2**40 + 17, offset], dtype=torch.int64, device=device)
+            out = add_noise(x0, t, table, seed=state, impl=impl)
+            assert_close(out, add_noise_ref(x0, t, table, rng=state), dtype)
 
 
 def test_scalar_timestep_broadcasts_and_first_last_steps():
@@ -102,6 +124,37 @@ def test_in_kernel_noise_statistics(impl):
     # The state [seed, offset] continues the stream: offset k gives element k's number.
     shifted = add_noise(torch.zeros(1, 100), 0, table, seed=torch.tensor([123, 1000]), impl=impl).flatten().double()
     assert_close(shifted, eps[1000:1100], torch.float32)
+
+
+@pytest.mark.skipif(shutil.which("g++") is None,
+                    reason="g++ is not installed: csrc/philox.h cannot be built for the host")
+def test_cuda_generator_header_matches_reference(tmp_path):
+    """csrc/philox.h (the CUDA kernels' generator, host-compilable) against philox_normal_ref: four
+    normals per call at every start residue mod 4, the one-element form, high seed and counter bits."""
+    source = tmp_path / "philox_host.cpp"
+    source.write_text(
+        '#include "philox.h"\n'
+        'extern "C" void normals4_at(uint64_t seed, const uint64_t* pos, int n, float* out) {\n'
+        '  for (int i = 0; i < n; ++i) { const fastgen::Normal4 z = fastgen::philox_normal4_at(seed, pos[i]);\n'
+        '    for (int j = 0; j < 4; ++j) out[4 * i + j] = z.v[j]; } }\n'
+        'extern "C" void normal1(uint64_t seed, const uint64_t* pos, int n, float* out) {\n'
+        '  for (int i = 0; i < n; ++i) out[i] = fastgen::philox_normal(seed, pos[i]); }\n')
+    csrc = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "csrc")
+    lib_path = tmp_path / "philox_host.so"
+    subprocess.run([shutil.which("g++"), "-O2", "-std=c++17", "-shared", "-fPIC", "-I", csrc, str(source), "-o",
+                    str(lib_path)], check=True, capture_output=True)
+    lib = ctypes.CDLL(str(lib_path))
+    seed = 2**40 + 17
+    for first in (0, 2**32 - 3, 2**34 - 6, 2**34 - 1, 2**35 + 4):  # residues 0, 1, 2, 3, 0; calls past 2**32
+        positions = torch.arange(first, first + 64, dtype=torch.int64)
+        got4, got1 = torch.empty(64, 4), torch.empty(64)
+        pos = ctypes.c_void_p(positions.data_ptr())
+        lib.normals4_at(ctypes.c_uint64(seed), pos, 64, ctypes.c_void_p(got4.data_ptr()))
+        lib.normal1(ctypes.c_uint64(seed), pos, 64, ctypes.c_void_p(got1.data_ptr()))
+        ref = _rng.philox_normal_ref(torch.tensor([seed, first]), 64 + 3)
+        expected4 = torch.stack([ref[j:j + 64] for j in range(4)], dim=1)  # row i: positions first + i .. + 3
+        assert_close(got4, expected4, atol=1e-5, rtol=1e-5)
+        assert_close(got1, ref[:64], atol=1e-5, rtol=1e-5)
 
 
 def test_seed_none_follows_torch_manual_seed():

@@ -79,6 +79,29 @@ def test_matches_reference_with_seed(device, impl, dtype, prediction_type, shape
 
 
 @pytest.mark.parametrize("device,impl", loss_impl_params())
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_in_kernel_eps_at_every_offset_residue(device, impl, dtype):
+    """The kernels draw eps four stream positions per Philox call (two calls where a group of four
+    straddles counters): offsets of every residue mod 4, a sample size that is a multiple of 4
+    (every group aligned when the offset is) and one that is not, 16-bit rows of 8 elements."""
+    table = alphas_cumprod(device)
+    for shape in [(2, 3, 8, 8), (3, 5, 7)]:
+        pred = make(shape, False, dtype, device, requires_grad=True)
+        x0 = make(shape, False, dtype, device, requires_grad=True)
+        t = torch.randint(0, T, (shape[0],), device=device)
+        for offset in range(2**32 - 4, 2**32):
+            state = torch.tensor([STATE[0], offset], device=device)
+            got = diffusion_loss(pred, x0, t, table, seed=state, prediction_type="v_prediction", reduction="none",
+                                 impl=impl)
+            want = diffusion_loss_ref(pred, x0, t, table, rng=state, prediction_type="v_prediction",
+                                      reduction="none")
+            assert_close(got, want, **LOSS_TOL, name=f"loss at offset {offset}")
+            grads = torch.autograd.grad(got.sum(), (pred, x0)), torch.autograd.grad(want.sum(), (pred, x0))
+            for g, w, name in zip(*grads, ["grad model_output", "grad x0"]):
+                assert_close(g, w, dtype, name=f"{name} at offset {offset}")
+
+
+@pytest.mark.parametrize("device,impl", loss_impl_params())
 @pytest.mark.parametrize("dtype", KERNEL_DTYPES)
 @pytest.mark.parametrize("prediction_type", PREDICTION_TYPES)
 def test_matches_reference_with_noise(device, impl, dtype, prediction_type):

@@ -125,6 +125,25 @@ def test_switches(device, impl, noise_mode, history_slots, clip):
 
 
 @pytest.mark.parametrize("device,impl", impl_params())
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_philox_noise_at_every_offset_residue(device, impl, dtype):
+    """The kernels draw z four stream positions per Philox call (two calls where a group of four
+    straddles counters; 16-bit rows of 8): offsets of every residue mod 4, a sample size that is a
+    multiple of 4 and one that is not, a history slot and the state."""
+    coefs = coef_table(device)
+    for shape in [(2, 3, 8, 8), (3, 5, 7)]:
+        x, m, h = (torch.randn(shape, device=device).to(dtype) for _ in range(3))
+        index = torch.arange(shape[0], device=device) * 3  # rows 0, 3, 6: all three have SZ != 0
+        for offset in range(2**32 - 4, 2**32):
+            state = torch.tensor([2**40 + 17, offset], dtype=torch.int64, device=device)
+            z = _layout.flat_as(_rng.philox_normal_ref(state, x.numel()), x)
+            want_out, want_state = expected(x, m, coefs, index, (h,), z, None)
+            out, got_state = sampling_step(x, m, coefs, index, history=(h,), seed=state, return_state=True, impl=impl)
+            assert_close(out, want_out, dtype, name=f"out at offset {offset}")
+            assert_close(got_state, want_state, torch.float32, name=f"state at offset {offset}")
+
+
+@pytest.mark.parametrize("device,impl", impl_params())
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 def test_rows_without_noise_never_touch_it(device, impl, dtype):
     """SZ == 0 (DDIM eta = 0, DDPM's last step): NaN noise in those samples must not reach out."""
