@@ -51,25 +51,61 @@ def _fsync_directory(directory: str) -> None:
         os.close(fd)
 
 
-def atomic_write(path: str, write: Callable[[IO[bytes]], object]) -> None:
+def atomic_write(path: str, write: Callable[[IO[bytes]], object], *, durable: bool = True,
+                 clean_stale: bool = True) -> None:
     """Call ``write(binary_file)`` on a temp file beside ``path``, then rename it over ``path`` and
     fsync the folder: readers see the old file or the whole new one, never a part (the temp file goes
-    on failure). Temp files of ``path`` left by killed writers (untouched for 10 minutes) are removed first."""
+    on failure). Temp files of ``path`` left by killed writers (untouched for 10 minutes) are removed first.
+
+    ``durable=False`` skips the two fsyncs: a killed process still leaves the old file or the whole new
+    one (the rename is atomic), only a power failure might not. ``clean_stale=False`` skips the folder
+    scan for stale temp files: for writers of many files into one folder (``fastgen generate``), which
+    call :func:`remove_stale_temps` once instead of listing the folder for every file."""
     directory = os.path.dirname(os.path.abspath(path))
     basename = os.path.basename(path)
     os.makedirs(directory, exist_ok=True)
-    _remove_stale_temps(directory, basename)
+    if clean_stale:
+        _remove_stale_temps(directory, basename)
     fd, tmp = tempfile.mkstemp(prefix=_TEMP_PREFIX, suffix=basename, dir=directory)
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
-            f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         os.unlink(tmp)
         raise
-    _fsync_directory(directory)
+    if durable:
+        _fsync_directory(directory)
+
+
+def is_temp_name(name: str) -> bool:
+    """Whether the file name ``name`` is a temp file of :func:`atomic_write` (of any target)."""
+    return re.fullmatch(re.escape(_TEMP_PREFIX) + _TEMP_RANDOM + r".+", name) is not None
+
+
+def remove_stale_temps(directory: str, max_age_s: float = STALE_TEMP_SECONDS) -> int:
+    """Delete every temp file of :func:`atomic_write` in ``directory`` (not below it) untouched for
+    ``max_age_s`` seconds (0: all of them, for a caller that knows no writer is live); returns how many."""
+    cutoff = time.time() - max_age_s
+    removed = 0
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return 0
+    for name in names:
+        if not is_temp_name(name):
+            continue
+        tmp = os.path.join(directory, name)
+        try:
+            if os.path.isfile(tmp) and not os.path.islink(tmp) and os.path.getmtime(tmp) <= cutoff:
+                os.unlink(tmp)
+                removed += 1
+        except OSError:
+            pass  # gone meanwhile
+    return removed
 
 
 def check_writable(path: str, name: str) -> None:

@@ -277,14 +277,14 @@ def add_speedups(rows: list[Row], baseline: str) -> list[Row]:
     return rows
 
 
-def _version(dist: str) -> str | None:
+def package_version(dist: str) -> str | None:
     try:
         return importlib.metadata.version(dist)
     except importlib.metadata.PackageNotFoundError:
         return None
 
 
-def _git_commit() -> str | None:
+def git_commit() -> str | None:
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, timeout=10)
@@ -340,12 +340,12 @@ def provenance(device: torch.device | str, *, label: str = "", command: str | No
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "cuda": torch.version.cuda,
-        "triton": _version("triton"),
-        "diffusers": _version("diffusers"),
-        "fastgen": _version("fastgen"),
+        "triton": package_version("triton"),
+        "diffusers": package_version("diffusers"),
+        "fastgen": package_version("fastgen"),
         "python": platform.python_version(),
         "platform": f"{platform.system()} {platform.machine()}",
-        "git_commit": _git_commit(),
+        "git_commit": git_commit(),
         "date_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "env": {k: v for k, v in sorted(os.environ.items())
                 if k.startswith(("OMP_", "MKL_", "GOMP_", "FASTGEN_", "TRITON_", "CUDA_VISIBLE"))},

@@ -30,7 +30,8 @@ import torch.nn as nn
 
 from ._io import atomic_write
 
-__all__ = ["CheckpointError", "save", "load", "rng_states", "restore_rng_states", "ema_copy", "update_ema"]
+__all__ = ["CheckpointError", "save", "load", "read", "is_checkpoint", "rng_states", "restore_rng_states", "ema_copy",
+           "update_ema"]
 
 _MAGIC = b"fastgen-checkpoint sha256="
 _HEADER = re.compile(rb"fastgen-checkpoint sha256=([0-9a-f]{64})\n")
@@ -134,6 +135,19 @@ def _read(path: str, kind: str) -> dict:
     if not isinstance(state, dict):
         raise CheckpointError(f"{path} is not a {kind} checkpoint (its payload is a {type(state).__name__})")
     return state
+
+
+def read(path: str, kind: str = "training") -> dict:
+    """The whole stored state of a checkpoint (its checksum verified first), without a trainer: for
+    tools that only read one, such as ``fastgen generate`` taking the EMA weights. ``kind`` names it
+    in errors. Raises :class:`CheckpointError` for a file that is not an intact fastgen checkpoint."""
+    return _read(path, kind)
+
+
+def is_checkpoint(path: str) -> bool:
+    """Whether ``path`` starts with a fastgen checkpoint header (nothing else is read or checked)."""
+    with open(path, "rb") as f:
+        return f.read(len(_MAGIC)) == _MAGIC
 
 
 # --- validating state dicts ---------------------------------------------------------------------------

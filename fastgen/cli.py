@@ -1,4 +1,6 @@
-"""The ``fastgen`` command line. ``fastgen bench diffusion`` benchmarks the diffusion ops.
+"""The ``fastgen`` command line. ``fastgen bench diffusion`` benchmarks the diffusion ops;
+``fastgen generate`` writes one image per seed (:mod:`fastgen.generation`), ``fastgen bench generate``
+times it against the diffusers pipeline loop (:mod:`fastgen.generation.bench`).
 
     fastgen bench diffusion [--device cpu|cuda] [--shape 256,3,32,32] [--dtype float32]
                             [--steps 50] [--out benchmarks/results] [--quick] [--no-compile]
@@ -342,9 +344,78 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--no-compile", action="store_true", help="leave out the torch.compile references")
     p.add_argument("--repeats", type=int, default=1,
                    help="time each group's contenders round-robin this many times, keep the median (shared machines)")
+    g = bench.add_parser("generate", help="fastgen generate's images/s vs the diffusers pipeline loop")
+    g.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu")
+    g.add_argument("--model", choices=("tiny", "ddpm-cifar10"), default=None,
+                   help="U-Net config with random weights: tiny (CPU default) or google/ddpm-cifar10-32's (GPU default)")
+    g.add_argument("--batch-size", type=int, default=None, help="default 256 on CUDA, 16 on CPU")
+    g.add_argument("--steps", type=int, default=None, help="DDIM steps, default 50 on CUDA, 10 on CPU")
+    g.add_argument("--dtype", choices=tuple(DTYPES), default=None, help="default bfloat16 on CUDA, float32 on CPU")
+    g.add_argument("--repeats", type=int, default=3, help="round-robin repeats, the median kept")
+    g.add_argument("--compile", action="store_true", help="also time fastgen generate --compile")
+    g.add_argument("--out", default="benchmarks/results", help="directory for the CSV/JSON results")
+    g.add_argument("--label", default="", help="free-text description of the machine, stored in the results")
+    from .metrics.cli import add_metrics_parser
+    add_metrics_parser(sub)  # `fastgen metrics fid|stats` (fastgen.metrics.cli); sets args.handler
+    _add_generate_parser(sub)
     from .metrics.cli import add_metrics_parser
     add_metrics_parser(sub)  # `fastgen metrics fid|stats` (fastgen.metrics.cli); sets args.handler
     return parser
+
+
+def _add_generate_parser(sub) -> None:
+    p = sub.add_parser("generate", help="generate one image per seed from a model, on one or many processes",
+                       description="Generate one image per seed: DIR/{seed:06d}.png or npz shards, plus "
+                                   "DIR/manifest.json. Resumable; run under torchrun to shard the seeds over "
+                                   "processes (torchrun --nproc_per_node=N -m fastgen generate ...).")
+    p.add_argument("model", metavar="MODEL",
+                   help="a diffusers pipeline folder, a UNet2DModel folder or a fastgen training checkpoint")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder (created; resumed if it is one of "
+                   "the same images)")
+    p.add_argument("--seeds", required=True, help="inclusive ranges and single seeds, e.g. 0-49999 or 0-9,100")
+    p.add_argument("--batch-size", type=int, default=256, help="images per model call on each process (default 256)")
+    p.add_argument("--scheduler", default=None, metavar="NAME",
+                   help="a fastgen scheduler by diffusers class name or alias (ddim, ddpm, dpm++2m, euler, ...); "
+                        "default: the model folder's")
+    p.add_argument("--steps", type=int, default=50, help="inference steps (default 50)")
+    p.add_argument("--format", choices=("png", "npz"), default="png", dest="fmt")
+    p.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default cuda where available")
+    p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--no-accelerate", action="store_true", help="leave the model's layers as they are")
+    p.add_argument("--no-cuda-graph", action="store_true", help="never capture the sampling loop in a CUDA graph")
+    p.add_argument("--class-labels", default=None, metavar="L",
+                   help="class-conditional models: one label, or a list (seed s gets labels[s %% len]); "
+                        "default seed %% num_classes")
+    p.add_argument("--subdirs", action="store_true", help="PNGs in DIR/{seed//1000*1000:06d}/ folders (EDM's layout)")
+    p.add_argument("--shard-size", type=int, default=1000, help="npz: seeds per shard block (default 1000)")
+    p.add_argument("--model-config", default=None, metavar="FILE",
+                   help="checkpoints: the architecture JSON (default fastgen_model.json beside the checkpoint)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def run_generate(args, argv: list[str]) -> int:
+    from .generation import generate, parse_seeds
+
+    try:
+        seeds = parse_seeds(args.seeds)
+        if args.subdirs and args.fmt != "png":
+            raise ValueError("--subdirs applies to --format png only")
+        generate(args.model, args.out, seeds, batch_size=args.batch_size, scheduler=args.scheduler, steps=args.steps,
+                 fmt=args.fmt, device=args.device, dtype=args.dtype, compile_=args.compile,
+                 accelerate=not args.no_accelerate, cuda_graph=not args.no_cuda_graph, class_labels=args.class_labels,
+                 subdirs=args.subdirs, shard_size=args.shard_size, model_config=args.model_config,
+                 progress=not args.no_progress, command=shlex.join(["fastgen"] + argv))
+    except ValueError as exc:
+        print(f"fastgen generate: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def bench_generate(args, argv: list[str]) -> int:
+    from .generation.bench import run
+
+    return run(args, argv)
 
 
 def bench_diffusion(args, argv: list[str]) -> int:
@@ -379,6 +450,10 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "bench" and args.suite == "diffusion":
         return bench_diffusion(args, argv)
+    if args.command == "bench" and args.suite == "generate":
+        return bench_generate(args, argv)
+    if args.command == "generate":
+        return run_generate(args, argv)
     if args.command == "metrics":
         return args.handler(args, argv)
     raise AssertionError(args)  # argparse rejects anything else

@@ -361,7 +361,8 @@ def _default_device(model) -> torch.device:
 @torch.no_grad()
 def sample(model, scheduler, shape, *, num_inference_steps: int = 50, generator=None, seed: int | None = None,
            device=None, dtype: torch.dtype = torch.float32, cuda_graph="auto", progress: bool = True,
-           model_kwargs: dict | None = None, channels_last: bool = False) -> torch.Tensor:
+           model_kwargs: dict | None = None, channels_last: bool = False,
+           noise: torch.Tensor | None = None) -> torch.Tensor:
     """Run the whole reverse-diffusion loop and return the final samples.
 
     Args:
@@ -392,6 +393,10 @@ def sample(model, scheduler, shape, *, num_inference_steps: int = 50, generator=
         progress: show a tqdm progress bar.
         model_kwargs: extra keyword arguments for every model call (class labels, ...).
         channels_last: keep the samples in channels_last memory format (4-D shapes only).
+        noise: the initial noise, a tensor of ``shape`` drawn by the caller (e.g. one generator per
+            sample, so that a sample does not depend on its batch), used instead of drawing it and
+            scaled by ``init_noise_sigma`` as drawn noise is. Step noise still comes from
+            ``generator`` or ``seed``; with ``seed`` a CUDA graph can still be captured.
 
     Returns the samples x_0, ``shape``, ``dtype``, on ``device`` (diffusers' pipelines then map them
     to images with ``(x / 2 + 0.5).clamp(0, 1)``; this function does not).
@@ -402,13 +407,20 @@ def sample(model, scheduler, shape, *, num_inference_steps: int = 50, generator=
     model_kwargs = dict(model_kwargs or {})
     fastgen_scheduler = is_fastgen_scheduler(scheduler)
 
+    if noise is not None:
+        if not isinstance(noise, torch.Tensor) or tuple(noise.shape) != shape:
+            got = tuple(noise.shape) if isinstance(noise, torch.Tensor) else type(noise).__name__
+            raise ValueError(f"noise must be a tensor of shape {shape}, got {got}")
+        noise = noise.to(device, dtype)
     if generator is not None:
-        noise = _rng.randn_like_diffusers(shape, generator, device, dtype)
+        if noise is None:
+            noise = _rng.randn_like_diffusers(shape, generator, device, dtype)
         step_generator, kernel_seed = generator, None
     else:
         seed = _rng.new_seed() if seed is None else seed
         device_generator = torch.Generator(device=device).manual_seed(seed)
-        noise = torch.randn(shape, generator=device_generator, device=device, dtype=dtype)
+        if noise is None:
+            noise = torch.randn(shape, generator=device_generator, device=device, dtype=dtype)
         # On accelerators a fastgen scheduler draws step noise in-kernel from its Philox state; on
         # CPU it (like any other scheduler) would use torch's global generator, so it gets ours.
         in_kernel = _draws_in_kernel(fastgen_scheduler, device)
