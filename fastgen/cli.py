@@ -355,8 +355,6 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--compile", action="store_true", help="also time fastgen generate --compile")
     g.add_argument("--out", default="benchmarks/results", help="directory for the CSV/JSON results")
     g.add_argument("--label", default="", help="free-text description of the machine, stored in the results")
-    from .metrics.cli import add_metrics_parser
-    add_metrics_parser(sub)  # `fastgen metrics fid|stats` (fastgen.metrics.cli); sets args.handler
     _add_generate_parser(sub)
     from .metrics.cli import add_metrics_parser
     add_metrics_parser(sub)  # `fastgen metrics fid|stats` (fastgen.metrics.cli); sets args.handler
