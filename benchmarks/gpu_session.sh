@@ -12,10 +12,11 @@
 #   tests    the README's test command on CUDA (Triton compiled, not interpreted), log kept
 #   kernels  the per-op comparisons: fastgen bench diffusion (main shape and >= 16M elements),
 #            GroupNorm, attention vs SDPA backends, sampler overhead, the GAN D step and penalty ops
+#   models   bias_act, upfirdn2d, vq_nearest, the StyleGAN2 training step, fastgen bench generate
 #   unet     the DDPM CIFAR-10 U-Net vs diffusers, batch 256, eager and compiled, fp32 and bf16
 #
 # Each stage is sized to finish well inside one 10-minute device call (unet the longest); call
-# e.g. `build tests`, then `build kernels`, then `build unet`. Output: $OUT (the device tool's
+# e.g. `build tests`, then `build kernels`, then `build models`, then `build unet`. Output: $OUT (the device tool's
 # folder) or ./gpu_out — result CSV/JSON with provenance, logs — to copy into benchmarks/results/.
 #
 # Wheels for a machine that cannot reach a package index (run here, in the repo root):
@@ -74,6 +75,19 @@ stage_kernels() {
   run gan_d_step python3 benchmarks/run_gan_d_step.py --device cuda --out "$results" --label "$LABEL"
 }
 
+# The ops and models added after the first GPU run: StyleGAN2's bias_act / upfirdn2d (targets: >= 85%
+# of copy bandwidth; >= 2x the reference), vq_nearest (>= 2x cdist + argmin, >= 60% of the GEMM),
+# the StyleGAN2 G+D step (>= 1.3x the references) and fastgen generate (>= 2x the diffusers loop).
+stage_models() {
+  local results="$OUT_DIR/results"
+  local bench
+  for bench in bias_act upfirdn2d vq_nearest stylegan2; do
+    run "bench_$bench" python3 -m pytest "benchmarks/bench_$bench.py" --benchmark-only -q \
+        --benchmark-json "$results/pytest_$bench.json"
+  done
+  run bench_generate python3 -m fastgen.cli bench generate --device cuda --repeats 3 --out "$results" --label "$LABEL"
+}
+
 stage_unet() {
   run unet python3 benchmarks/run_unet.py --device cuda --out "$OUT_DIR/results" --label "$LABEL"
 }
@@ -81,8 +95,8 @@ stage_unet() {
 [ "$#" -gt 0 ] || { sed -n 2,25p "$0"; exit 2; }
 for stage in "$@"; do
   case "$stage" in
-    build|tests|kernels|unet) "stage_$stage" ;;
-    *) echo "unknown stage '$stage' (build, tests, kernels, unet)"; exit 2 ;;
+    build|tests|kernels|models|unet) "stage_$stage" ;;
+    *) echo "unknown stage '$stage' (build, tests, kernels, models, unet)"; exit 2 ;;
   esac
 done
 exit $status
