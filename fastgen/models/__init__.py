@@ -6,6 +6,7 @@
     MLPGenerator, MLPDiscriminator       fully connected, for low-dimensional toy data
     UNet                                 DDPM / improved-diffusion U-Net; UNet.ddpm_cifar10(), UNet.from_diffusers(m)
     StyleGAN2Generator, StyleGAN2Discriminator   Karras et al. 2020 on the fused bias_act / upfirdn2d ops
+    Glow, RealNVP                        normalizing flows with exact log-likelihoods (fastgen.models.flows)
     VQVAE, VQVAE2, GatedPixelCNN         VQ-VAE (one and two levels) and the gated PixelCNN prior over its codes
     Autoencoder, VAE                     conv autoencoder, VAE (beta, IWAE bound); .digits() / .rgb32() presets
     ConvEncoder, ConvDecoder             their halving / doubling conv stacks
@@ -22,6 +23,7 @@ from .unet import UNet
 from .autoencoder import Autoencoder, ConvDecoder, ConvEncoder
 from .likelihoods import Bernoulli, DiscretizedLogistic, Gaussian, bits_per_dim
 from .vae import VAE
+from .flows import Glow, RealNVP
 from .pixelcnn import GatedPixelCNN
 from .vqvae import VQVAE, VQVAE2
 
@@ -31,3 +33,4 @@ __all__ += ["StyleGAN2Generator", "StyleGAN2Discriminator"]
 __all__ += ["Autoencoder", "VAE", "ConvEncoder", "ConvDecoder", "Bernoulli", "Gaussian", "DiscretizedLogistic",
             "bits_per_dim"]
 __all__ += ["VQVAE", "VQVAE2", "GatedPixelCNN"]
+__all__ += ["Glow", "RealNVP"]
