@@ -5,9 +5,9 @@ sum and the softmax statistics are float32, the matmul inputs stay in the tensor
 
 Forward, one program per (query block, batch * head): walk the key/value blocks keeping, per
 query row, the running maximum m and the running sum l of exp(s - m), rescaling the output
-accumulator whenever m grows; divide by l once at the end and save the log-sum-exp
-LSE = m + log(l) (float32, (B, H, Lq)) so the backward can rebuild P = exp(S - LSE) block by block
-instead of storing the Lq x Lk matrix.
+accumulator whenever m grows; divide by l once at the end and save the row statistics m and
+log(l) (float32, (B, H, 2, Lq)) so the backward can rebuild P = exp((S - m) - log(l)) block by
+block instead of storing the Lq x Lk matrix.
 
 Backward, deterministic and atomics-free (the interpreter runs no fp16 atomics):
   1. delta_i = sum_d dO_id * O_id                                    (one program per query block)
@@ -17,7 +17,22 @@ Backward, deterministic and atomics-free (the interpreter runs no fp16 atomics):
 Each program owns its output rows, so there is no cross-program accumulation.
 
 The exponentials are base 2 (the GPU has an exp2 instruction): the kernels work with
-S * log2(e) and LSE * log2(e) internally; the LSE they write and read is the natural one.
+S2 = S * log2(e), and the statistics they write and read are base 2 too: m2 = max S2, log2(l2),
+l2 = sum 2^(S2 - m2).
+
+Precision with large logits (peaked softmax, |S| ~ 1e3-1e4, where a float32 ulp of S2 is 1e-4 to
+1e-3): the backward's P = 2^((S2 - m2) - log2(l2)) is as accurate as torch's softmax only if S2 is
+rebuilt bit for bit and no statistic is rounded at the logits' magnitude. So (1) every kernel
+computes S2 = dot(q, trans(k)) * qk_scale (dK/dV its transpose) with one float32 qk_scale made on
+the host, and S2 is selected (masked) before m2 is subtracted, so the compiler cannot fuse the
+scaling and the subtraction into one FMA; (2) m2 and log2(l2) are stored apart, not as one LSE2 = m2 + log2(l2), whose rounding at
+|S2| ~ 1e3 is relative error ~1e-4 in every P; S2 - m2 is exact near the maximum; (3) nothing is
+converted to natural log and back. Before, at logits ~1e4 (one-hot rows) dv was off by 2e-2 against
+torch's 4e-7. What stays: delta = rowsum(dO * O) (FlashAttention's form of rowsum(P * dP)) is
+summed in another order than dP = dO V^T, so in a saturated row dS = P * (dP - delta) is a few
+float32 ulps of |dO| |V| rather than exactly 0, and dQ, dK carry an absolute error below
+scale * eps * |dO| |V| |K| (max norms; 5e-3 at logits ~1e4 with unit-normal inputs, as much as
+before; tests/test_attention.py bounds it); rowsum(P * dP) itself would cost another pass over K and V.
 """
 import math
 import os
@@ -80,7 +95,7 @@ def _fwd_kernel(
     k_ptr,  # (B, H, Lk, D) keys, q's dtype
     v_ptr,  # (B, H, Lk, D) values, q's dtype
     o_ptr,  # (B, H, Lq, D) output, q's dtype
-    lse_ptr,  # float32 (B * H, Lq) contiguous: natural log-sum-exp of each scaled score row
+    stats_ptr,  # float32 (B * H, 2, Lq) contiguous: per row of S2 = S * log2(e), m2 = max and log2(l2)
     stride_qb, stride_qh, stride_qm, stride_qd,  # element strides of q
     stride_kb, stride_kh, stride_kn, stride_kd,  # element strides of k
     stride_vb, stride_vh, stride_vn, stride_vd,  # element strides of v
@@ -104,7 +119,6 @@ def _fwd_kernel(
     mask_d = offs_d < head_dim
     mask_m = offs_m < seq_q
 
-    k_base = k_ptr + b * stride_kb + h * stride_kh
     q = tl.load(_tile(q_ptr, b, h, stride_qb, stride_qh, stride_qm, stride_qd, offs_m, offs_d),
                 mask=mask_m[:, None] & mask_d[None, :], other=0.0)
 
@@ -114,9 +128,12 @@ def _fwd_kernel(
     for start_n in range(0, seq_k, BLOCK_N):
         n = start_n + offs_n
         mask_n = n < seq_k
-        kt = tl.load(k_base + n[None, :] * stride_kn + offs_d[:, None] * stride_kd,
-                     mask=mask_n[None, :] & mask_d[:, None], other=0.0)
-        s = _mma(q, kt, DOT_PRECISION, INTERPRET_BF16) * qk_scale
+        k = tl.load(_tile(k_ptr, b, h, stride_kb, stride_kh, stride_kn, stride_kd, n, offs_d),
+                    mask=mask_n[:, None] & mask_d[None, :], other=0.0)
+        # q . trans(k), as _bwd_dq_kernel computes it (and _bwd_dkdv_kernel its transpose): the
+        # backward must rebuild these scores bit for bit (module docstring), and the interpreter's
+        # matmul rounds a transposed view and a contiguous transposed copy differently.
+        s = _mma(q, tl.trans(k), DOT_PRECISION, INTERPRET_BF16) * qk_scale
         # Keys past Lk of the ragged last block get weight exp2(-inf) = 0. Every block holds at
         # least one real key, so m_new is finite and the first alpha is exp2(-inf) = 0.
         s = tl.where(mask_n[None, :], s, float("-inf"))
@@ -132,8 +149,10 @@ def _fwd_kernel(
     acc = acc / l_i[:, None]
     tl.store(_tile(o_ptr, b, h, stride_ob, stride_oh, stride_om, stride_od, offs_m, offs_d),
              _cast(acc, o_ptr.dtype.element_ty, INTERPRET_BF16), mask=mask_m[:, None] & mask_d[None, :])
-    lse = (m_i + tl.log2(l_i)) / 1.4426950408889634  # back to natural log: LSE = log2-LSE * ln 2
-    tl.store(lse_ptr + bh.to(tl.int64) * seq_q + offs_m, lse, mask=mask_m)
+    # Base 2, m2 and log2(l2) apart: the backward rebuilds P from them exactly (module docstring).
+    stats = stats_ptr + bh.to(tl.int64) * 2 * seq_q + offs_m
+    tl.store(stats, m_i, mask=mask_m)
+    tl.store(stats + seq_q, tl.log2(l_i), mask=mask_m)
 
 
 @triton.jit
@@ -167,7 +186,7 @@ def _bwd_dkdv_kernel(
     k_ptr,  # (B, H, Lk, D) keys
     v_ptr,  # (B, H, Lk, D) values
     do_ptr,  # (B, H, Lq, D) gradient of the output
-    lse_ptr,  # float32 (B * H, Lq) contiguous, from the forward
+    stats_ptr,  # float32 (B * H, 2, Lq) contiguous: m2 and log2(l2) of each row, from the forward
     delta_ptr,  # float32 (B * H, Lq) contiguous, from _bwd_delta_kernel
     dk_ptr,  # (B, H, Lk, D) gradient of k, written here, with dk's strides (shared with dv)
     dv_ptr,  # (B, H, Lk, D) gradient of v, written here
@@ -181,6 +200,7 @@ def _bwd_dkdv_kernel(
     seq_k,  # Lk
     head_dim,  # D
     scale,  # softmax scale
+    qk_scale,  # softmax scale * log2(e): the forward's float32 value, so S2 is recomputed bit for bit
     DOT_PRECISION: tl.constexpr,  # as in _fwd_kernel
     INTERPRET_BF16: tl.constexpr,  # bfloat16 under the interpreter: see _mma and _cast
     BLOCK_M: tl.constexpr,
@@ -197,8 +217,8 @@ def _bwd_dkdv_kernel(
     mask_nd = mask_n[:, None] & mask_d[None, :]
     k = tl.load(_tile(k_ptr, b, h, stride_kb, stride_kh, stride_kn, stride_kd, offs_n, offs_d), mask=mask_nd, other=0.0)
     v = tl.load(_tile(v_ptr, b, h, stride_vb, stride_vh, stride_vn, stride_vd, offs_n, offs_d), mask=mask_nd, other=0.0)
-    row_base = bh.to(tl.int64) * seq_q
-    qk_scale = scale * 1.4426950408889634
+    row_base = bh.to(tl.int64) * seq_q  # this head's first row of delta
+    stats_base = 2 * row_base  # and of the statistics, two rows per query
 
     dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
@@ -209,12 +229,16 @@ def _bwd_dkdv_kernel(
         q = tl.load(_tile(q_ptr, b, h, stride_qb, stride_qh, stride_qm, stride_qd, m, offs_d), mask=mask_md, other=0.0)
         do = tl.load(_tile(do_ptr, b, h, stride_dob, stride_doh, stride_dom, stride_dod, m, offs_d),
                      mask=mask_md, other=0.0)
-        lse2 = tl.load(lse_ptr + row_base + m, mask=mask_m, other=0.0) * 1.4426950408889634
+        m2 = tl.load(stats_ptr + stats_base + m, mask=mask_m, other=0.0)
+        log2_l = tl.load(stats_ptr + stats_base + seq_q + m, mask=mask_m, other=0.0)
         delta = tl.load(delta_ptr + row_base + m, mask=mask_m, other=0.0)
         # Transposed scores (keys x queries), so dV and dK come out as plain (non-transposed) dots.
         st = _mma(k, tl.trans(q), DOT_PRECISION, INTERPRET_BF16) * qk_scale
-        # Padded query rows (zero q, lse 0) would give exp2(0) = 1: zero them explicitly.
-        pt = tl.where(mask_m[None, :], tl.exp2(st - lse2[None, :]), 0.0)
+        # Padded query rows (zero q, statistics 0) would give exp2(0) = 1: -inf gives them 0. The select
+        # also keeps the rounded S2 from being fused into an FMA with - m2, which would make the row
+        # maximum's exponent m2's rounding error instead of 0.
+        st = tl.where(mask_m[None, :], st, float("-inf"))
+        pt = tl.exp2((st - m2[None, :]) - log2_l[None, :])
         dv += _mma(_cast(pt, do.dtype, INTERPRET_BF16), do, DOT_PRECISION, INTERPRET_BF16)
         dpt = _mma(v, tl.trans(do), DOT_PRECISION, INTERPRET_BF16)
         dst = pt * (dpt - delta[None, :])
@@ -232,7 +256,7 @@ def _bwd_dq_kernel(
     k_ptr,  # (B, H, Lk, D) keys
     v_ptr,  # (B, H, Lk, D) values
     do_ptr,  # (B, H, Lq, D) gradient of the output
-    lse_ptr,  # float32 (B * H, Lq) contiguous, from the forward
+    stats_ptr,  # float32 (B * H, 2, Lq) contiguous: m2 and log2(l2) of each row, from the forward
     delta_ptr,  # float32 (B * H, Lq) contiguous, from _bwd_delta_kernel
     dq_ptr,  # (B, H, Lq, D) gradient of q, written here
     stride_qb, stride_qh, stride_qm, stride_qd,  # element strides of q
@@ -245,6 +269,7 @@ def _bwd_dq_kernel(
     seq_k,  # Lk
     head_dim,  # D
     scale,  # softmax scale
+    qk_scale,  # softmax scale * log2(e): the forward's float32 value, so S2 is recomputed bit for bit
     DOT_PRECISION: tl.constexpr,  # as in _fwd_kernel
     INTERPRET_BF16: tl.constexpr,  # bfloat16 under the interpreter: see _mma and _cast
     BLOCK_M: tl.constexpr,
@@ -262,10 +287,11 @@ def _bwd_dq_kernel(
     q = tl.load(_tile(q_ptr, b, h, stride_qb, stride_qh, stride_qm, stride_qd, offs_m, offs_d), mask=mask_md, other=0.0)
     do = tl.load(_tile(do_ptr, b, h, stride_dob, stride_doh, stride_dom, stride_dod, offs_m, offs_d),
                  mask=mask_md, other=0.0)
-    row_base = bh.to(tl.int64) * seq_q
-    lse2 = tl.load(lse_ptr + row_base + offs_m, mask=mask_m, other=0.0) * 1.4426950408889634
+    row_base = bh.to(tl.int64) * seq_q  # this head's first row of delta
+    stats_base = 2 * row_base  # and of the statistics, two rows per query
+    m2 = tl.load(stats_ptr + stats_base + offs_m, mask=mask_m, other=0.0)
+    log2_l = tl.load(stats_ptr + stats_base + seq_q + offs_m, mask=mask_m, other=0.0)
     delta = tl.load(delta_ptr + row_base + offs_m, mask=mask_m, other=0.0)
-    qk_scale = scale * 1.4426950408889634
 
     dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     for start_n in range(0, seq_k, BLOCK_N):
@@ -275,7 +301,8 @@ def _bwd_dq_kernel(
         k = tl.load(_tile(k_ptr, b, h, stride_kb, stride_kh, stride_kn, stride_kd, n, offs_d), mask=mask_nd, other=0.0)
         v = tl.load(_tile(v_ptr, b, h, stride_vb, stride_vh, stride_vn, stride_vd, n, offs_d), mask=mask_nd, other=0.0)
         s = _mma(q, tl.trans(k), DOT_PRECISION, INTERPRET_BF16) * qk_scale
-        p = tl.where(mask_n[None, :], tl.exp2(s - lse2[:, None]), 0.0)  # keys past Lk carry no weight
+        s = tl.where(mask_n[None, :], s, float("-inf"))  # keys past Lk: no weight (and no FMA: see dK/dV)
+        p = tl.exp2((s - m2[:, None]) - log2_l[:, None])
         dp = _mma(do, tl.trans(v), DOT_PRECISION, INTERPRET_BF16)
         ds = p * (dp - delta[:, None])
         dq += _mma(_cast(ds, k.dtype, INTERPRET_BF16), k, DOT_PRECISION, INTERPRET_BF16)
@@ -324,6 +351,11 @@ def _padded_dim(head_dim: int) -> int:
     return max(16, triton.next_power_of_2(head_dim))  # tl.dot needs every dimension >= 16
 
 
+def _qk_scale(scale: float) -> float:
+    # One host-side value for every kernel: a kernel's own float32 scale * log2(e) can be an ulp off.
+    return scale * LOG2E
+
+
 def _dot_precision(dtype: torch.dtype) -> str:
     # float32 inputs follow torch's own rule for float32 matmuls on CUDA (TF32 only when allowed).
     return "tf32" if dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32 else "ieee"
@@ -333,9 +365,11 @@ def _interpret_bf16(dtype: torch.dtype) -> bool:
     return dtype == torch.bfloat16 and os.environ.get("TRITON_INTERPRET") == "1"
 
 
-def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, out: torch.Tensor, lse: torch.Tensor,
+def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, out: torch.Tensor, stats: torch.Tensor,
             blocks: tuple[int, int] | None = None) -> None:
-    """Write attention into ``out`` (q's shape and dtype) and the float32 (B, H, Lq) contiguous ``lse``.
+    """Write attention into ``out`` (q's shape and dtype) and the row statistics into the float32
+    (B, H, 2, Lq) contiguous ``stats``: of each row of S2 = scale * log2(e) * q k^T, [..., 0, :] its
+    maximum m2 and [..., 1, :] log2(sum 2^(S2 - m2)); m2 + log2(l2) is the natural LSE * log2(e).
 
     q (B, H, Lq, D), k and v (B, H, Lk, D), one dtype, any strides; D a multiple of 8 up to 256.
     ``blocks`` overrides (BLOCK_M, BLOCK_N) of :func:`tile_config` (tests use small ones to cover
@@ -345,8 +379,8 @@ def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, out
     block_m, block_n, warps = _config(head_dim, q.dtype, False, blocks)
     grid = (triton.cdiv(seq_q, block_m), batch * heads)
     _fwd_kernel[grid](
-        q, k, v, out, lse, *q.stride(), *k.stride(), *v.stride(), *out.stride(),
-        heads, seq_q, k.shape[2], head_dim, scale * LOG2E,
+        q, k, v, out, stats, *q.stride(), *k.stride(), *v.stride(), *out.stride(),
+        heads, seq_q, k.shape[2], head_dim, _qk_scale(scale),
         DOT_PRECISION=_dot_precision(q.dtype), INTERPRET_BF16=_interpret_bf16(q.dtype),
         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=_padded_dim(head_dim),
         num_warps=warps,
@@ -354,18 +388,18 @@ def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, out
 
 
 def backward(grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
-             lse: torch.Tensor, scale: float, dq: torch.Tensor, dk: torch.Tensor, dv: torch.Tensor,
+             stats: torch.Tensor, scale: float, dq: torch.Tensor, dk: torch.Tensor, dv: torch.Tensor,
              blocks: tuple[int, int] | None = None) -> None:
     """Write dq, dk, dv (the shapes and dtype of q, k, v; dk and dv share strides) from dO = ``grad_out``.
 
-    ``out`` and ``lse`` are the forward's; ``grad_out`` has q's shape and dtype, any strides.
+    ``out`` and ``stats`` are the forward's; ``grad_out`` has q's shape and dtype, any strides.
     """
     batch, heads, seq_q, head_dim = q.shape
     seq_k = k.shape[2]
     block_m, block_n, warps = _config(head_dim, q.dtype, True, blocks)
     block_d = _padded_dim(head_dim)
     precision, interpret_bf16 = _dot_precision(q.dtype), _interpret_bf16(q.dtype)
-    delta = torch.empty_like(lse)
+    delta = torch.empty(q.shape[:3], dtype=torch.float32, device=q.device)
     _bwd_delta_kernel[(triton.cdiv(seq_q, block_m), batch * heads)](
         out, grad_out, delta, *out.stride(), *grad_out.stride(), heads, seq_q, head_dim,
         BLOCK_M=block_m, BLOCK_D=block_d, num_warps=warps,
@@ -374,16 +408,16 @@ def backward(grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.
     # Q / dO tiles past them, so its resident tile takes tile_config's BLOCK_M rows and the streamed
     # one BLOCK_N: the roles of M and N swap, as in FlashAttention-2.
     _bwd_dkdv_kernel[(triton.cdiv(seq_k, block_m), batch * heads)](
-        q, k, v, grad_out, lse, delta, dk, dv,
+        q, k, v, grad_out, stats, delta, dk, dv,
         *q.stride(), *k.stride(), *v.stride(), *grad_out.stride(), *dk.stride(),
-        heads, seq_q, seq_k, head_dim, scale,
+        heads, seq_q, seq_k, head_dim, scale, _qk_scale(scale),
         DOT_PRECISION=precision, INTERPRET_BF16=interpret_bf16, BLOCK_M=block_n, BLOCK_N=block_m, BLOCK_D=block_d,
         num_warps=warps,
     )
     _bwd_dq_kernel[(triton.cdiv(seq_q, block_m), batch * heads)](
-        q, k, v, grad_out, lse, delta, dq,
+        q, k, v, grad_out, stats, delta, dq,
         *q.stride(), *k.stride(), *v.stride(), *grad_out.stride(), *dq.stride(),
-        heads, seq_q, seq_k, head_dim, scale,
+        heads, seq_q, seq_k, head_dim, scale, _qk_scale(scale),
         DOT_PRECISION=precision, INTERPRET_BF16=interpret_bf16, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d,
         num_warps=warps,
     )

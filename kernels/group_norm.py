@@ -268,7 +268,10 @@ def _group_norm_bwd_kernel(
     else:
         # Pass 1: per-channel sums over the group's spatial positions. The program owns every position
         # of its channels in sample b, so these sums are complete here: no atomics, no second kernel.
-        sum_dz = tl.zeros((BLOCK_C,), tl.float32)
+        # dz is summed over s after the loop, from a tile-shaped accumulator: without SILU a float32
+        # dz is the raw load of dy, and triton 3.6's OptimizeThreadLocality pass asserts
+        # (loopResult.hasOneUse()) on an in-loop tl.sum of a load whose loop result has several uses.
+        acc_dz = tl.zeros((BLOCK_C, BLOCK_S), tl.float32)
         sum_dz_n = tl.zeros((BLOCK_C,), tl.float32)
         sum_n = tl.zeros((BLOCK_C,), tl.float32)
         for s0 in range(0, S, BLOCK_S):
@@ -276,9 +279,10 @@ def _group_norm_bwd_kernel(
             mask = c_mask[:, None] & (s < S)[None, :]
             offs = ptr_c + s[None, :] * stride_s
             n, dz = _normalised_and_dz(x_ptr, dy_ptr, offs, mask, emb, mean, rstd, k, d, HAS_EMB, SILU)
-            sum_dz += tl.sum(dz, axis=1)
+            acc_dz += dz
             sum_dz_n += tl.sum(dz * n, axis=1)
             sum_n += tl.sum(n, axis=1)
+        sum_dz = tl.sum(acc_dz, axis=1)
         c1, c2 = _store_channel_sums(sum_dz_ptr, sum_dz_n_ptr, d_emb_ptr, bc, c_mask, sum_dz, sum_dz_n, sum_n,
                                      k, rstd, inv_n, S)
 

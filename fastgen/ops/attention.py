@@ -4,8 +4,8 @@ The self-attention of a U-Net over the H*W positions of a feature map (fastgen/n
 Implementations:
 
 * ``"triton"`` — flash attention (kernels/attention.py): the Lq x Lk score matrix never reaches
-  memory; the forward saves the float32 log-sum-exp per query row and the backward recomputes the
-  probabilities from it. Head dims that are multiples of 8 up to 256.
+  memory; the forward saves two float32 softmax statistics per query row (its maximum and log-sum)
+  and the backward recomputes the probabilities from them. Head dims that are multiples of 8 up to 256.
 * ``"reference"`` — the CPU path. Where no gradient is needed (sampling):
   ``torch.nn.functional.scaled_dot_product_attention``, torch's own fused kernel. Where one is:
   :func:`attention_ref`, the float32 matmul-softmax-matmul, through torch's autograd,
@@ -73,7 +73,7 @@ def attention_backward_ref(grad_out: torch.Tensor, q: torch.Tensor, k: torch.Ten
 
 @torch.library.custom_op("fastgen::attention_backward", mutates_args=())
 def _attention_backward_op(grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                           out: torch.Tensor, lse: torch.Tensor, scale: float
+                           out: torch.Tensor, stats: torch.Tensor, scale: float
                            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(dq, dk, dv) of the flash-attention forward, contiguous, in q's dtype."""
     from fastgen.kernels import attention as kernel
@@ -81,12 +81,12 @@ def _attention_backward_op(grad_out: torch.Tensor, q: torch.Tensor, k: torch.Ten
     dq = _layout.new_output(q.new_empty(q.shape))
     dk = _layout.new_output(k.new_empty(k.shape))
     dv = _layout.new_output(v.new_empty(v.shape))
-    kernel.backward(grad_out, q, k, v, out, lse, scale, dq, dk, dv)
+    kernel.backward(grad_out, q, k, v, out, stats, scale, dq, dk, dv)
     return dq, dk, dv
 
 
 @_attention_backward_op.register_fake
-def _(grad_out, q, k, v, out, lse, scale):
+def _(grad_out, q, k, v, out, stats, scale):
     return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
 
 
@@ -94,27 +94,32 @@ def _(grad_out, q, k, v, out, lse, scale):
 
 @torch.library.custom_op("fastgen::attention", mutates_args=())
 def _attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """(out, lse): out contiguous (B, H, Lq, D) in q's dtype, lse float32 (B, H, Lq), by the Triton kernel."""
+    """(out, stats): out contiguous (B, H, Lq, D) in q's dtype, stats float32 (B, H, 2, Lq), the softmax
+    row statistics the backward rebuilds P from (kernels.attention.forward), by the Triton kernel."""
     out = _layout.new_output(q.new_empty(q.shape))
-    lse = _layout.new_output(q.new_empty(q.shape[:3], dtype=torch.float32))
+    stats = _layout.new_output(q.new_empty(_stats_shape(q), dtype=torch.float32))
     if q.numel() > 0:  # B = 0 or heads = 0: nothing to compute, and no zero-size grid to launch
         from fastgen.kernels import attention as kernel
 
-        kernel.forward(q, k, v, scale, out, lse)
-    return out, lse
+        kernel.forward(q, k, v, scale, out, stats)
+    return out, stats
+
+
+def _stats_shape(q: torch.Tensor) -> tuple[int, int, int, int]:
+    return (q.shape[0], q.shape[1], 2, q.shape[2])
 
 
 @_attention_op.register_fake
 def _(q, k, v, scale):
-    return q.new_empty(q.shape), q.new_empty(q.shape[:3], dtype=torch.float32)
+    return q.new_empty(q.shape), q.new_empty(_stats_shape(q), dtype=torch.float32)
 
 
 def _setup_context(ctx, inputs, output):
     q, k, v, scale = inputs
-    out, lse = output
-    ctx.save_for_backward(q, k, v, out, lse)
+    out, stats = output
+    ctx.save_for_backward(q, k, v, out, stats)
     ctx.scale = scale
-    ctx.mark_non_differentiable(lse)
+    ctx.mark_non_differentiable(stats)
 
 
 @functools.lru_cache(maxsize=None)
@@ -124,15 +129,15 @@ def _log_second_order_once() -> None:
                    "are not themselves differentiable")
 
 
-def _backward(ctx, grad_out, grad_lse):
-    q, k, v, out, lse = ctx.saved_tensors
+def _backward(ctx, grad_out, grad_stats):
+    q, k, v, out, stats = ctx.saved_tensors
     if torch.is_grad_enabled():
         _log_second_order_once()
         dq, dk, dv = attention_backward_ref(grad_out, q, k, v, ctx.scale)
     elif q.numel() == 0:
         dq, dk, dv = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
     else:
-        dq, dk, dv = _attention_backward_op(grad_out.to(q.dtype), q, k, v, out, lse, ctx.scale)
+        dq, dk, dv = _attention_backward_op(grad_out.to(q.dtype), q, k, v, out, stats, ctx.scale)
     needs = ctx.needs_input_grad
     return dq if needs[0] else None, dk if needs[1] else None, dv if needs[2] else None, None
 
