@@ -124,21 +124,28 @@ def _real_fake_outputs(D, real: torch.Tensor, fake: torch.Tensor) -> tuple[torch
 def discriminator_objective(D, real: torch.Tensor, fake: torch.Tensor, *, loss: str = "ns",
                             penalty: str | None = None, weight: float = 10.0, gain: float = 1.0,
                             alpha: torch.Tensor | None = None, generator: torch.Generator | None = None,
-                            seed: int | torch.Tensor | None = None, impl: str = "auto") -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+                            seed: int | torch.Tensor | None = None, impl: str = "auto",
+                            drift: float = 0.0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The discriminator's loss plus its penalty, with D run once over the joined batch.
 
-    Returns ``(total, parts)``: total = discriminator_loss(D(real), D(fake), loss) + gain * penalty,
-    parts = {"loss": ..., "penalty": ...} (detached float32 scalars; "penalty" only with a penalty).
+    Returns ``(total, parts)``: total = discriminator_loss(D(real), D(fake), loss) + gain * penalty
+    [+ drift * mean(D(real)^2)], parts = {"loss": ..., "penalty": ..., "drift": ...} (detached
+    float32 scalars; "penalty" only with a penalty, "drift" only with drift > 0).
     ``gain`` is the lazy-regularisation factor (StyleGAN2: apply every k steps with gain k).
+    ``drift`` is ProGAN's drift term weight (Karras et al. 2018, epsilon = 0.001: keeps a WGAN
+    critic's outputs near 0), a number >= 0, applied on every call.
     ``fake`` should come from G under no_grad or be detached: D's step never trains G.
     Same arguments as :func:`gradient_penalty` otherwise; penalty None is the plain loss.
     """
+    if isinstance(drift, bool) or not isinstance(drift, (int, float)) or not 0 <= drift < float("inf"):
+        raise ValueError(f"drift must be a finite number >= 0, got {drift!r}")
     if penalty is None:
         _check_D(D)
         real = _validate.check_floating("real", real)
         fake = _validate.check_like("fake", fake, "real", real)
-        d_loss = losses.discriminator_loss(*_real_fake_outputs(D, real, fake), loss)
-        return d_loss, {"loss": d_loss.detach()}
+        real_out, fake_out = _real_fake_outputs(D, real, fake)
+        d_loss = losses.discriminator_loss(real_out, fake_out, loss)
+        return _with_drift(d_loss, {"loss": d_loss.detach()}, real_out, drift)
     kind, weight, real, fake = _check_inputs(D, real, fake, penalty, weight)
     if fake is None:
         raise ValueError("discriminator_objective needs fake samples for the loss")
@@ -156,4 +163,12 @@ def discriminator_objective(D, real: torch.Tensor, fake: torch.Tensor, *, loss: 
     pen = _penalty(kind, weight, penalised, points, impl)
     d_loss = losses.discriminator_loss(real_out, fake_out, loss)
     total = d_loss + gain * pen
-    return total, {"loss": d_loss.detach(), "penalty": pen.detach()}
+    return _with_drift(total, {"loss": d_loss.detach(), "penalty": pen.detach()}, real_out, drift)
+
+
+def _with_drift(total: torch.Tensor, parts: dict, real_out: torch.Tensor, drift: float):
+    if not drift:
+        return total, parts
+    term = drift * real_out.to(torch.promote_types(real_out.dtype, torch.float32)).square().mean()
+    parts["drift"] = term.detach()
+    return total + term, parts

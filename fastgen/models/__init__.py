@@ -6,6 +6,8 @@
     MLPGenerator, MLPDiscriminator       fully connected, for low-dimensional toy data
     UNet                                 DDPM / improved-diffusion U-Net; UNet.ddpm_cifar10(), UNet.from_diffusers(m)
     StyleGAN2Generator, StyleGAN2Discriminator   Karras et al. 2020 on the fused bias_act / upfirdn2d ops
+    BigGANGenerator, BigGANDiscriminator  Brock et al. 2019: class-conditional BN, projection D, self-attention
+    ProGANGenerator, ProGANDiscriminator, ProGANTrainer   Karras et al. 2018: progressive growing with fade-in
     Glow, RealNVP                        normalizing flows with exact log-likelihoods (fastgen.models.flows)
     VQVAE, VQVAE2, GatedPixelCNN         VQ-VAE (one and two levels) and the gated PixelCNN prior over its codes
     Autoencoder, VAE                     conv autoencoder, VAE (beta, IWAE bound); .digits() / .rgb32() presets
@@ -23,6 +25,8 @@ from .unet import UNet
 from .autoencoder import Autoencoder, ConvDecoder, ConvEncoder
 from .likelihoods import Bernoulli, DiscretizedLogistic, Gaussian, bits_per_dim
 from .vae import VAE
+from .biggan import BigGANDiscriminator, BigGANGenerator
+from .progan import ProGANDiscriminator, ProGANGenerator, ProGANTrainer, ProgressiveSchedule
 from .flows import Glow, RealNVP
 from .pixelcnn import GatedPixelCNN
 from .vqvae import VQVAE, VQVAE2
@@ -34,3 +38,5 @@ __all__ += ["Autoencoder", "VAE", "ConvEncoder", "ConvDecoder", "Bernoulli", "Ga
             "bits_per_dim"]
 __all__ += ["VQVAE", "VQVAE2", "GatedPixelCNN"]
 __all__ += ["Glow", "RealNVP"]
+__all__ += ["BigGANGenerator", "BigGANDiscriminator"]
+__all__ += ["ProGANGenerator", "ProGANDiscriminator", "ProGANTrainer", "ProgressiveSchedule"]
