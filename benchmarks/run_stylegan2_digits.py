@@ -36,8 +36,8 @@ from fastgen.gan import GANTrainer  # noqa: E402
 from fastgen.metrics.digits_classifier import class_accuracy, digits_fd  # noqa: E402
 from fastgen.models import StyleGAN2Discriminator, StyleGAN2Generator  # noqa: E402
 
-MODEL = dict(z_dim=64, w_dim=64, img_resolution=8, img_channels=1, c_dim=10, mapping_layers=4, channel_base=1024,
-             channel_max=128)
+MODEL = dict(z_dim=32, w_dim=32, img_resolution=8, img_channels=1, c_dim=10, mapping_layers=2, channel_base=512,
+             channel_max=64)
 QUICK_MODEL = dict(MODEL, z_dim=16, w_dim=16, mapping_layers=2, channel_base=128, channel_max=16)
 RECIPE = dict(loss="ns", penalty="r1", penalty_weight=0.1, lazy_interval=16, lr=2e-3, betas=(0.0, 0.99),
               ema_decay=0.995, g_regularizer_weight=2.0, g_lazy_interval=4)
