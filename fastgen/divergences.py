@@ -127,7 +127,12 @@ def _log_probs(name: str, x: object, logits: bool, dim: int) -> tuple[torch.Tens
         worst = float((total - 1).abs().max())
         raise ValueError(f"{name} must sum to 1 along dim={dim} (probabilities; pass logits=True for logits), "
                          f"off by up to {worst:.3g}")
-    return x, torch.log(x)
+    # log of the positive entries only: torch.log(0) = -inf would send 0 / 0 = NaN into the gradient
+    # of a zero-probability category (whose term is 0 whatever p does there)
+    positive = x > 0
+    logp = torch.where(positive, torch.log(torch.where(positive, x, torch.ones_like(x))),
+                       torch.full_like(x, -math.inf))
+    return x, logp
 
 
 def _kl_terms(p: torch.Tensor, logp: torch.Tensor, logq: torch.Tensor) -> torch.Tensor:

@@ -3,10 +3,11 @@
 x is viewed as (outer, C, inner) in storage order: dim's extent C, the bias index of flat position
 i is (i // inner) % C. Two launch shapes:
 
-* rows   (inner >= ROWS_MIN_INNER, e.g. a conv activation (B, C, H, W) with dim=1): one program
-  per (row of `inner` elements, chunk), so the bias is one scalar load per program;
-* flat   (small inner, e.g. a linear layer's (B, C) with dim=1): contiguous chunks of the flat
-  tensor, the channel of each element by an integer division (int32 while the tensor fits).
+* rows   (a bias and inner >= ROWS_MIN_INNER, e.g. a conv activation (B, C, H, W) with dim=1):
+  one program per (row of `inner` elements, chunk of it), so the bias is one scalar load per
+  program; the grid is 1-D (row * chunks + chunk), as CUDA caps a grid's other axes at 65535;
+* flat   (no bias, or a small inner such as a linear layer's (B, C) with dim=1): contiguous chunks
+  of the flat tensor, the channel of each element by an integer division.
 
 The activation codes (ACT) and their formulas are fastgen/ops/bias_act.py's ACTIVATIONS, in order.
 """
@@ -93,8 +94,9 @@ def _derivative(h, alpha, ACT: tl.constexpr):
 def _offsets(numel, inner, C, ROWS: tl.constexpr, BLOCK: tl.constexpr):
     """(flat int64 offsets, mask, bias index of each offset — a scalar in rows mode; always in [0, C))."""
     if ROWS:
-        row = tl.program_id(0)
-        s = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+        chunks = tl.cdiv(inner, BLOCK)
+        row = tl.program_id(0) // chunks
+        s = (tl.program_id(0) % chunks) * BLOCK + tl.arange(0, BLOCK)
         mask = s < inner
         offs = row.to(tl.int64) * inner + s
         c = row % C
@@ -142,8 +144,8 @@ def _launch(kernel, tensors, x: torch.Tensor, b, dim: int, act: int, alpha: floa
     for n in x.shape[dim + 1:]:
         inner *= n
     numel = x.numel()
-    rows = inner >= ROWS_MIN_INNER
-    grid = (numel // inner, triton.cdiv(inner, BLOCK)) if rows else (triton.cdiv(numel, BLOCK),)
+    rows = b is not None and inner >= ROWS_MIN_INNER  # rows mode exists for the bias's scalar load
+    grid = (numel // inner * triton.cdiv(inner, BLOCK),) if rows else (triton.cdiv(numel, BLOCK),)
     kernel[grid](*tensors, numel, inner, C, float(alpha), float(gain), float(-1.0 if clamp is None else clamp),
                  HAS_BIAS=b is not None, ACT=act, HAS_CLAMP=clamp is not None, ROWS=rows, BLOCK=BLOCK, num_warps=4)
 

@@ -230,3 +230,25 @@ def test_bad_input(call, error, match):
     with pytest.raises(error, match=match):
         call(torch.randn(2, 3, 4))
 
+
+
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_launch_grid_stays_within_cuda_limits(monkeypatch, with_bias):
+    """A 2x64x1024x1024 activation: CUDA caps grid axes 1 and 2 at 65535, so every launch is 1-D."""
+    from fastgen.kernels import bias_act as kernel
+
+    grids = []
+
+    class Recorder:
+        def __getitem__(self, grid):
+            grids.append(grid)
+            return lambda *args, **kwargs: None
+
+    monkeypatch.setattr(kernel, "_bias_act_fwd_kernel", Recorder())
+    monkeypatch.setattr(kernel, "_bias_act_bwd_kernel", Recorder())
+    x = torch.empty(2, 64, 1024, 1024, device="meta")
+    b = torch.empty(64, device="meta") if with_bias else None
+    kernel.forward(x, b, 1, 2, 0.2, 1.0, None, x)
+    kernel.backward(x, x, b, 1, 2, 0.2, 1.0, None, x)
+    assert len(grids) == 2 and all(len(g) == 1 for g in grids)
+    assert grids[0][0] * kernel.BLOCK >= x.numel()

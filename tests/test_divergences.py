@@ -103,6 +103,12 @@ def test_kl_categorical_zeros():
     lp = torch.log(p[:2]).requires_grad_(True)
     dv.kl_categorical(lp, torch.log(q[:2]), logits=True).sum().backward()
     assert torch.isfinite(lp.grad).all()
+    # and from probabilities: a zero-probability category gets gradient 0, never NaN
+    pp, qq = p[:2].clone().requires_grad_(True), q[:2].clone().requires_grad_(True)
+    for f in (dv.kl_categorical, dv.js_categorical):
+        dp, dq = torch.autograd.grad(f(pp, qq).sum(), (pp, qq))
+        assert torch.isfinite(dp).all() and torch.isfinite(dq).all()
+        assert (dp[pp == 0] == 0).all()
 
 
 def test_kl_categorical_dim_and_reduction():

@@ -16,10 +16,11 @@ __all__ = ["GroupNormAct"]
 
 
 def _autocasts_to_float32(x: torch.Tensor) -> bool:
-    """True where torch's autocast would run group_norm on ``x`` in float32: CUDA autocast
-    (torch.amp's "CUDA ops that can autocast to float32" list). CPU autocast has no such entry:
-    there nn.GroupNorm keeps x's dtype."""
-    return x.device.type == "cuda" and torch.is_autocast_enabled("cuda")
+    """True where torch's autocast would run group_norm on ``x`` in float32: a float16 / bfloat16 x
+    under CUDA autocast (torch.amp's "CUDA ops that can autocast to float32" list). CPU autocast has
+    no such entry: there nn.GroupNorm keeps x's dtype."""
+    return (x.device.type == "cuda" and x.dtype in (torch.float16, torch.bfloat16)
+            and torch.is_autocast_enabled("cuda"))  # autocast leaves float32 / float64 inputs alone
 
 
 class GroupNormAct(nn.Module):
