@@ -403,3 +403,21 @@ def test_auto_prefers_the_cuda_step_on_cuda(monkeypatch):
     assert _impl._resolve_cached("sampling_step", "auto", "cuda", 0, IMPLS) == "cuda"
     assert _impl._resolve_cached("add_noise", "auto", "cuda", 0, ("triton", "cuda", "reference")) == "cuda"
     assert _impl._resolve_cached("group_norm", "auto", "cuda", 0, ("triton", "cuda", "reference")) == "triton"
+
+
+def test_cpu_kernel_above_the_parallel_grain():
+    """The CPU kernel runs on the calling thread below 32768 elements (csrc/cpu/parallel.h) and every
+    other test is smaller: this one takes the OpenMP path (several chunks per sample), with the
+    folded eps path, two history slots, and a row whose x0 nothing reads (the loop that skips it)."""
+    shape = (3, 5, 4096)
+    x, m = torch.randn(shape), torch.randn(shape)
+    history = (torch.randn(shape), torch.randn(shape).double().float())
+    coefs = coef_table()
+    coefs[2, COLUMNS.index("O0")] = coefs[2, COLUMNS.index("E0")] = 0.0  # row 2: C = 0 and no state
+    index = torch.tensor([0, 2, 5])
+    out, state = sampling_step(x, m, coefs, index, history=history, return_state=True, impl="cpu")
+    want_out, want_state = expected(x, m, coefs, index, history)
+    assert_close(out, want_out)
+    assert_close(state, want_state, name="state")
+    out, _ = sampling_step(x, m, coefs, index, clip_range=0.5, impl="cpu")
+    assert_close(out, expected(x, m, coefs, index, clip=0.5)[0])

@@ -30,7 +30,7 @@ static void add_noise(const T* x0, const T* noise, T* out, const int64_t* t, int
         for (int j = 0; j < n; ++j) out[i + j] = from_float<T>(signal * to_float(x0[i + j]) + noise_scale * eps[j]);
       }
     }
-  });
+  }, noise ? kParallelGrain : kParallelGrainNoise);
 }
 
 }  // namespace fastgen

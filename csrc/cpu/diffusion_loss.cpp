@@ -56,11 +56,12 @@ inline void residual_block(const P* pred, const X* x0, const X* noise, uint64_t 
   }
 }
 
-// Calls body(job, b, begin, end) for (sample, kChunk) jobs in parallel; job = b * chunks + c.
+// Calls body(job, b, begin, end) for (sample, kChunk) jobs, in parallel when there are two jobs
+// and `grain` elements (parallel.h); job = b * chunks + c.
 template <typename Body>
-inline void for_each_job(int64_t batch, int64_t per_sample, Body body) {
+inline void for_each_job(int64_t batch, int64_t per_sample, Body body, int64_t grain) {
   const int64_t chunks = (per_sample + kChunk - 1) / kChunk, jobs = batch * chunks;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (jobs > 1 && batch * per_sample >= grain)
   for (int64_t job = 0; job < jobs; ++job) {
     const int64_t b = job / chunks, c = job % chunks;
     const int64_t begin = b * per_sample + c * kChunk;
@@ -94,7 +95,7 @@ void loss_forward(const P* pred, const X* x0, const X* noise, const int64_t* t, 
     float total = 0.0f;
     for (int j = 0; j < kLanes; ++j) total += lane[j];
     partial[job] = total;
-  });
+  }, MODE != kSample && !noise ? kParallelGrainNoise : kParallelGrain);
   // Second stage in a fixed order: the result does not depend on the number of threads.
   for (int64_t b = 0; b < batch; ++b) {
     float total = 0.0f;
@@ -126,7 +127,7 @@ void loss_backward(const P* pred, const X* x0, const X* noise, const int64_t* t,
     }
     residual_block<MODE, false>(pred, x0, noise, seed, offset, s, i, static_cast<int>(end - i), d);
     write(i, static_cast<int>(end - i));
-  });
+  }, MODE != kSample && !noise ? kParallelGrainNoise : kParallelGrain);
 }
 
 // Kernel<MODE, P, X>::run(args...) for the runtime mode and dtype codes; 1 for an unknown code.

@@ -169,10 +169,14 @@ class SchedulerBase(ConfigurableScheduler, *diffusers_bases()):
     def _row_index(self, row: int, device: torch.device) -> torch.Tensor:
         """A 0-d int64 device tensor holding ``row``: a view into a cached arange, so using it in a
         step costs no host-to-device copy (and a captured CUDA graph reads live memory)."""
-        rows = self._device_cache.get(("rows", device))
-        if rows is None:
-            rows = self._on("rows", torch.arange(self._num_rows, dtype=torch.int64), device)
-        return rows[row]
+        key = ("row", row, device)
+        view = self._device_cache.get(key)  # cached: a step then creates no index tensor
+        if view is None:
+            rows = self._device_cache.get(("rows", device))
+            if rows is None:
+                rows = self._on("rows", torch.arange(self._num_rows, dtype=torch.int64), device)
+            view = self._device_cache[key] = rows[row]
+        return view
 
     def _set_schedule(self, timesteps, device) -> None:
         """Publish the schedule ``timesteps`` (a host array or tensor; its dtype is kept) on

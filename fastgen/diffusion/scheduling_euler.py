@@ -161,8 +161,10 @@ class SigmaSchedulerBase(SchedulerBase):
         if not 0 <= row < len(self._scale):
             raise ValueError(f"scale_model_input called at step index {self._step_index}, past the end of the "
                              f"schedule")
-        table = self._on("scale", self._scale, sample.device)
-        divisor = table.index_select(0, self._row_index(row, sample.device).reshape(1)).reshape(())
+        key = ("scale_row", row, sample.device)
+        divisor = self._device_cache.get(key)  # a 0-d view of the device table, cached: one op per call
+        if divisor is None:
+            divisor = self._device_cache[key] = self._on("scale", self._scale, sample.device)[row]
         self.is_scale_input_called = True
         return sample / divisor
 

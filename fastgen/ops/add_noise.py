@@ -14,6 +14,7 @@ import torch
 
 from .. import _impl, _layout, _native, _rng, _validate
 from .._cpu_signatures import DTYPE_CODES, call, ptr
+from .sampling_step import _plain_eager
 
 IMPLS = ("triton", "cuda", "cpu", "reference")
 
@@ -33,9 +34,8 @@ def add_noise_ref(x0: torch.Tensor, timesteps: torch.Tensor, alphas_cumprod: tor
     return xt.to(x0.dtype)
 
 
-@torch.library.custom_op("fastgen::add_noise", mutates_args=())
-def _add_noise_op(x0: torch.Tensor, timesteps: torch.Tensor, alphas_cumprod: torch.Tensor,
-                  noise: torch.Tensor | None, rng: torch.Tensor | None, impl: str) -> torch.Tensor:
+def _add_noise_impl(x0: torch.Tensor, timesteps: torch.Tensor, alphas_cumprod: torch.Tensor,
+                    noise: torch.Tensor | None, rng: torch.Tensor | None, impl: str) -> torch.Tensor:
     if impl == "reference":
         return add_noise_ref(x0, timesteps, alphas_cumprod, noise, rng)
     out = _layout.new_output(x0)
@@ -55,6 +55,9 @@ def _add_noise_op(x0: torch.Tensor, timesteps: torch.Tensor, alphas_cumprod: tor
     else:
         raise AssertionError(impl)
     return out
+
+
+_add_noise_op = torch.library.custom_op("fastgen::add_noise", mutates_args=())(_add_noise_impl)
 
 
 @_add_noise_op.register_fake
@@ -117,4 +120,6 @@ def add_noise(x0: torch.Tensor, timesteps, alphas_cumprod: torch.Tensor, noise: 
     else:
         rng = _validate.check_seed("seed", _rng.new_seed() if seed is None else seed, x0.device)
     chosen = _impl.resolve("add_noise", impl, x0.device, IMPLS, x0.dtype)
-    return _add_noise_op(x0, t, table, noise, rng, chosen)
+    # eager, nothing to differentiate: run the implementation without the dispatcher (as sampling_step)
+    op = _add_noise_impl if _plain_eager(x0, noise) else _add_noise_op
+    return op(x0, t, table, noise, rng, chosen)
