@@ -35,7 +35,18 @@ AUTO_ORDER = {"cuda": ("triton", "cuda", "reference"), "cpu": ("cpu", "reference
 # launcher); both passed their tests there (benchmarks/results/gpu_tests_nvidia-h200.log).
 AUTO_ORDER_BY_OP = {("sampling_step", "cuda"): ("cuda", "triton", "reference"),
                     ("add_noise", "cuda"): ("cuda", "triton", "reference")}
-
+# Per-layout rows, keyed (op, device, layout) and looked up before (op, device) when the op passes
+# a layout to :func:`resolve`. GroupNorm: csrc/group_norm.cu reads NHWC only; Triton reads both
+# (channels_last through coalesced [BLOCK_S, groups, channels] tiles and a split reduction for
+# small batches). No GPU has timed either GroupNorm yet (the H200 run, benchmarks/results/README.md
+# "First GPU run", measured the sampling ops only), so both rows keep Triton first. The rule that
+# flips "channels_last" to ("cuda", "triton", "reference"): benchmarks/bench_group_norm.py on the
+# GPU, rows "group_norm[silu] fwd+bwd 256x128x32x32 <dtype> G=32 channels_last" and
+# "... 256x256x16x16 ..." (training) and "group_norm[silu] fwd 1x320x64x64 ... channels_last"
+# (sampling one image): fastgen[cuda]'s median below fastgen[triton]'s by more than both IQRs in
+# float32 and bfloat16. NCHW has no CUDA kernel to flip to.
+AUTO_ORDER_BY_OP.update({("group_norm", "cuda", "channels_last"): ("triton", "cuda", "reference"),
+                         ("group_norm", "cuda", "nchw"): ("triton", "reference")})
 # On CPU "auto" takes the C++ kernels. Measured against torch.compile (Inductor) of the same eager
 # chain, 256x3x32x32 float32, 2-core AVX-512 CPU shared with other jobs (load 9), 400 interleaved
 # calls, 20th percentile: DDIM update 101 us (C++) vs 120 us (Inductor); add_noise with given
@@ -105,7 +116,8 @@ def _log_fallback_once(op: str, skipped: str, reason: str, chosen: str) -> None:
 # Called from inside torch.compile'd code: the answer depends only on the device, the op's
 # implementations and the process state, so dynamo may treat it as a constant.
 @torch.compiler.assume_constant_result
-def _resolve_cached(op: str, requested: str, device_type: str, device_index: int, available: tuple) -> str:
+def _resolve_cached(op: str, requested: str, device_type: str, device_index: int, available: tuple,
+                    layout: str | None = None) -> str:
     device = torch.device(device_type, device_index) if device_index >= 0 else torch.device(device_type)
     if requested != "auto":
         if requested not in available:
@@ -115,6 +127,7 @@ def _resolve_cached(op: str, requested: str, device_type: str, device_index: int
             raise ImplUnavailableError(f"fastgen.{op}: impl={requested!r} is unavailable: {reason}")
         return requested
     preferred = AUTO_ORDER_BY_OP.get((op, device.type), AUTO_ORDER.get(device.type, ("reference",)))
+    preferred = AUTO_ORDER_BY_OP.get((op, device.type, layout), preferred)
     order = [i for i in preferred if i in available] + ["reference"]
     skipped = []
     for impl in order:
@@ -135,11 +148,13 @@ _NOT_THIS_DEVICE = ("triton kernels run on CPU tensors only", "the CUDA extensio
 KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
-def resolve(op: str, impl: str, device: torch.device, available: tuple[str, ...], dtype: torch.dtype) -> str:
+def resolve(op: str, impl: str, device: torch.device, available: tuple[str, ...], dtype: torch.dtype,
+            layout: str | None = None) -> str:
     """The implementation that runs ``op`` for tensors of ``dtype`` on ``device``.
 
-    ``available`` lists the implementations the op has. Kernels take float32, float16 and
-    bfloat16; float64 (gradcheck's dtype) runs the reference. Raises ``ValueError`` for an
+    ``available`` lists the implementations the op has; ``layout`` (e.g. "nchw", "channels_last")
+    selects a per-layout row of :data:`AUTO_ORDER_BY_OP` where the op has one. Kernels take
+    float32, float16 and bfloat16; float64 (gradcheck's dtype) runs the reference. Raises ``ValueError`` for an
     unknown name and :class:`ImplUnavailableError` for an explicit request that cannot run.
     """
     impl = _check_impl_name(impl)
@@ -151,4 +166,4 @@ def resolve(op: str, impl: str, device: torch.device, available: tuple[str, ...]
                                        f"use impl='reference' (or 'auto') for {dtype}")
         return "reference"
     index = device.index if device.index is not None else -1
-    return _resolve_cached(op, impl, device.type, index, tuple(available))
+    return _resolve_cached(op, impl, device.type, index, tuple(available), layout)
