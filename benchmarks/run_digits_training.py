@@ -27,13 +27,9 @@ from fastgen.diffusion.scheduling_ddpm import DDPMScheduler
 from fastgen._io import atomic_write
 from fastgen.diffusion.trainer import DiffusionTrainer
 from fastgen.models import UNet
-
-# Per image size: small enough to train in minutes on two cores, big enough for clean strokes.
-MODELS = {
-    8: dict(base_channels=16, channel_mult=(1, 2), num_res_blocks=1, attention_resolutions=(), groups=4),
-    16: dict(base_channels=32, channel_mult=(1, 2, 2), num_res_blocks=1, attention_resolutions=(8,), groups=8),
-    32: dict(base_channels=32, channel_mult=(1, 2, 2, 2), num_res_blocks=1, attention_resolutions=(8,), groups=8),
-}
+# Per image size: small enough to train in minutes on two cores, big enough for clean strokes. One copy,
+# shared with `fastgen train diffusion --preset digits<size>` and run_digits_quality_vs_steps.py.
+from fastgen.train.presets import DIGITS_UNETS as MODELS
 GRID = 8  # samples per row and column
 PNG_ZOOM = 4  # nearest-neighbour upscaling of the saved grid, so 16x16 digits are visible
 

@@ -47,30 +47,15 @@ import math
 import os
 import shlex
 import sys
-import time
 
 import torch
 
 from fastgen import benchmarking
 from fastgen._io import atomic_write_text
-from fastgen.data import grid_mixture, toy_batches
+from fastgen.data import grid_mixture
 from fastgen.gan.metrics import mode_coverage
-from fastgen.gan.trainer import GANTrainer
-from fastgen.models import MLPDiscriminator, MLPGenerator
-
-# name -> GANTrainer keyword arguments; "first_seed_only" is the script's own flag.
-RUNS = {
-    "ns": dict(loss="ns", lr=1e-3, betas=(0.5, 0.999)),
-    "ns+ema": dict(loss="ns", lr=1e-3, betas=(0.0, 0.99), ema_decay=0.99),
-    "wgan-gp": dict(loss="wgan", penalty="wgan-gp", penalty_weight=0.1, n_critic=5, lr=1e-3, betas=(0.5, 0.9),
-                    ema_decay=0.99),
-    "ns+r1": dict(loss="ns", penalty="r1", penalty_weight=0.1, lr=1e-3, betas=(0.0, 0.99), ema_decay=0.99),
-    "wgan-gp-alg1": dict(loss="wgan", penalty="wgan-gp", penalty_weight=10.0, n_critic=5, lr=1e-4, betas=(0.0, 0.9),
-                         first_seed_only=True),
-}
-EVAL_SAMPLES = 2500  # PacGAN's evaluation count
-SETTINGS = {"batch": 256, "hidden": 256, "depth": 3, "latent_dim": 2}
-QUICK_SETTINGS = {"batch": 32, "hidden": 16, "depth": 1, "latent_dim": 2}
+# the recipe table lives in the package, shared with `fastgen train gan2d`
+from fastgen.gan.recipes import EVAL_SAMPLES, QUICK_SETTINGS, RUNS, SETTINGS, evaluation_samples, train_recipe
 COLUMNS = ["run", "loss", "penalty", "penalty_weight", "n_critic", "lr", "beta1", "beta2", "ema_decay", "g_steps",
            "d_steps", "batch", "hidden", "depth", "latent_dim", "seed", "evaluated", "modes_covered", "num_modes",
            "high_quality_fraction", "reverse_kl", "reverse_kl_all", "g_modes_covered", "g_high_quality_fraction", "train_seconds",
@@ -79,19 +64,10 @@ PROVENANCE_COLUMNS = ["device_name", "torch", "git_commit", "date_utc"]
 
 
 def train_and_score(name: str, config: dict, steps: int, seed: int, settings: dict, progress: bool) -> dict:
-    config = {k: v for k, v in config.items() if k != "first_seed_only"}
-    torch.manual_seed(seed)
-    G = MLPGenerator(latent_dim=settings["latent_dim"], hidden=settings["hidden"], depth=settings["depth"])
-    D = MLPDiscriminator(hidden=settings["hidden"], depth=settings["depth"])
-    trainer = GANTrainer(G, D, seed=seed, **config)
-    data = toy_batches("grid", settings["batch"], generator=torch.Generator().manual_seed(seed))
-    start = time.perf_counter()
-    history = trainer.fit(data, steps * trainer.n_critic, progress=progress)
-    seconds = time.perf_counter() - start
+    trainer, history, seconds = train_recipe(name, "grid", seed, steps, settings, progress=progress)
 
     def score(use_ema: bool):  # the same evaluation latents for the EMA and for G
-        samples = trainer.sample(EVAL_SAMPLES, use_ema=use_ema, generator=torch.Generator().manual_seed(seed + 1))
-        return mode_coverage(samples, grid_mixture())
+        return mode_coverage(evaluation_samples(trainer, seed, use_ema=use_ema), grid_mixture())
 
     coverage, g_coverage = score(True), score(False)
     last_g = next((h["g_loss"] for h in reversed(history) if "g_loss" in h), None)

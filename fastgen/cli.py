@@ -172,21 +172,35 @@ def sampling_ops(case: DiffusionCase, steps: int, timing: dict, compile_: bool) 
         return (col(ddpm, m.O0) * x0 + col(ddpm, m.OX) * xf + col(ddpm, m.SZ) * z).to(x.dtype)
 
     out = []
-    for name, eager, table, kwargs, note in (
-            ("ddim eta=0", ddim_eager, ddim, {}, ""),
-            ("ddpm clip", ddpm_eager, ddpm, {"clip_range": 1.0, "seed": case.rng}, "noise drawn in the op")):
+    # Like with like: the DDPM rows draw z with torch.randn (eager's generator) on both sides; the
+    # in-kernel Philox stream is its own row, and so is the generator alone (what bounds the rest).
+    for name, eager, table, kwargs in (("ddim eta=0", ddim_eager, ddim, {}),
+                                       ("ddpm clip", ddpm_eager, ddpm, {"clip_range": 1.0})):
+        noisy = name.startswith("ddpm")
+        note = "z: torch.randn, as eager" if noisy else ""
         cmp = benchmarking.Comparison(f"sampling_step[{name}] {case.label}", baseline="eager", device=case.device,
-                                      bytes_moved=3 * case.nbytes, **timing)
+                                      bytes_moved=(4 if noisy else 3) * case.nbytes, **timing)
         cmp.add("eager", lambda eager=eager: eager(x, mo), note=note)
         if compile_:
             fn = _compiled(eager, x, mo)
             cmp.add("torch.compile", lambda fn=fn: fn(x, mo), note=note)
+        if noisy:
+            cmp.add("torch.randn alone", lambda: torch.randn_like(x, dtype=torch.float32), bytes_moved=case.nbytes,
+                    note="the generator alone: no step drawing torch.randn beats eager by more than this row")
         for impl, reason in op_impls("sampling_step", case.device):
             if reason:
                 cmp.skip(f"fastgen[{impl}]", reason)
                 continue
-            cmp.add(f"fastgen[{impl}]", lambda impl=impl, table=table, kwargs=kwargs:
-                    sampling_step(x, mo, table, index, impl=impl, **kwargs), note=note)
+            if noisy:
+                cmp.add(f"fastgen[{impl}]", lambda impl=impl, table=table, kwargs=kwargs:
+                        sampling_step(x, mo, table, index, noise=torch.randn_like(x, dtype=torch.float32), impl=impl,
+                                      **kwargs), note=note)
+                cmp.add(f"fastgen[{impl}]+philox", lambda impl=impl, table=table, kwargs=kwargs:
+                        sampling_step(x, mo, table, index, seed=case.rng, impl=impl, **kwargs),
+                        bytes_moved=3 * case.nbytes, note="z drawn in the kernel (Philox): another generator")
+            else:
+                cmp.add(f"fastgen[{impl}]", lambda impl=impl, table=table, kwargs=kwargs:
+                        sampling_step(x, mo, table, index, impl=impl, **kwargs))
         out.append(cmp)
     return out
 
@@ -358,6 +372,8 @@ def _parser() -> argparse.ArgumentParser:
     _add_generate_parser(sub)
     from .metrics.cli import add_metrics_parser
     add_metrics_parser(sub)  # `fastgen metrics fid|stats` (fastgen.metrics.cli); sets args.handler
+    from .train.cli import add_train_parser
+    add_train_parser(sub)  # `fastgen train diffusion|gan2d` (fastgen.train.cli); sets args.handler
     return parser
 
 
@@ -453,6 +469,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "generate":
         return run_generate(args, argv)
     if args.command == "metrics":
+        return args.handler(args, argv)
+    if args.command == "train":
         return args.handler(args, argv)
     raise AssertionError(args)  # argparse rejects anything else
 

@@ -32,7 +32,7 @@ from .._io import check_writable, progress_bar
 from .._validate import check_int
 from .sampler import philox_seed
 from .sampler import sample as sample_loop
-from .training import training_loss
+from .training import _draw_timesteps, training_loss
 
 logger = logging.getLogger("fastgen")
 
@@ -110,6 +110,15 @@ class DiffusionTrainer:
         compile_options: keyword arguments for torch.compile (e.g. ``{"backend": "eager"}``).
         device: where to train; the model is moved there. None: where its parameters are.
         seed: an int >= 0; seeds the timesteps' generator and the per-step Philox keys.
+        distributed: train data-parallel over torch.distributed's default process group (set up by the
+            caller, e.g. under torchrun; every rank builds the same trainer): the model runs inside
+            ``DistributedDataParallel`` (gradients averaged over ranks) and every rank passes its own
+            shard of each global batch, rank r the samples r*b .. (r+1)*b - 1 of b * world_size (equal b
+            on every rank). The timesteps are drawn for the whole global batch from the shared generator
+            and eps is the global batch's Philox stream at the shard's offset, so a step is the
+            one-process step on the global batch, up to the float summation order of the all-reduce.
+            :meth:`save_checkpoint` writes on rank 0 only; every rank loads. Losses returned and logged
+            are the rank's own shard's.
 
     Attributes: ``model`` (the plain module), ``ema`` (the averaged copy, or None), ``optimizer``,
     ``alphas_cumprod``, ``device``, ``step`` (train steps so far), ``seed``.
@@ -119,7 +128,7 @@ class DiffusionTrainer:
                  lr: float = 2e-4, weight_decay: float = 0.0, ema_decay: float | None = 0.9999,
                  grad_clip: float | None = 1.0, amp_dtype: torch.dtype | None = None, channels_last: bool = False,
                  compile: bool = False, compile_options: dict | None = None,
-                 device: torch.device | str | None = None, seed: int = 0):
+                 device: torch.device | str | None = None, seed: int = 0, distributed: bool = False):
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         if prediction_type not in PREDICTION_TYPES:
@@ -153,7 +162,20 @@ class DiffusionTrainer:
         self.alphas_cumprod = _alphas_cumprod(scheduler_or_alphas_cumprod).to(self.device)
         self._params = params
         self.optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=float(weight_decay))
-        self._forward = torch.compile(model, **(compile_options or {})) if compile else model
+        self.rank, self.world_size = 0, 1
+        forward = model
+        if distributed:
+            import torch.distributed as dist
+            from torch.nn.parallel import DistributedDataParallel
+
+            if not dist.is_available() or not dist.is_initialized():
+                raise ValueError("distributed=True needs an initialised default process group "
+                                 "(torch.distributed.init_process_group, e.g. under torchrun)")
+            self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
+            # broadcasts rank 0's weights, before the EMA copy below is taken
+            forward = DistributedDataParallel(model, device_ids=[self.device.index] if self.device.type == "cuda"
+                                              else None)
+        self._forward = torch.compile(forward, **(compile_options or {})) if compile else forward
         self.ema = None
         if self.ema_decay is not None:
             self.ema = checkpoint.ema_copy(model)
@@ -203,8 +225,14 @@ class DiffusionTrainer:
         x0, kwargs = self._check_batch(x0, y)
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
+        seed, timesteps = step_noise_seed(self.seed, self.step), None
+        if self.world_size > 1:  # this rank's slice of the global batch's timesteps and noise stream
+            b, r = x0.shape[0], self.rank
+            timesteps = _draw_timesteps(b * self.world_size, self.alphas_cumprod.numel(), self._rng,
+                                        self.device)[r * b:(r + 1) * b]
+            seed = torch.tensor([seed, r * x0.numel()], dtype=torch.int64).to(self.device, non_blocking=True)
         loss = training_loss(self._model_call, x0, self.alphas_cumprod, prediction_type=self.prediction_type,
-                             seed=step_noise_seed(self.seed, self.step), generator=self._rng, model_kwargs=kwargs)
+                             timesteps=timesteps, seed=seed, generator=self._rng, model_kwargs=kwargs)
         loss.backward()
         values = {"loss": loss.detach()}
         if self.grad_clip is not None:
@@ -364,7 +392,11 @@ class DiffusionTrainer:
 
         Holds the model, the EMA, the optimizer, the step, the seed (hence the Philox keys to
         come) and the random states: the trainer's generator, torch's CPU and the device's CUDA one.
+        Distributed: rank 0 writes (every rank holds the same weights and generator states), the others
+        return at once.
         """
+        if self.rank != 0:
+            return
         values = {"step": self.step, "seed": self.seed, "sample_shape": self.sample_shape}
         checkpoint.save(path, format=_FORMAT, structure=self._structure(), parts=self._parts(), values=values,
                         generator=self._rng)

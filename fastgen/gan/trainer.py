@@ -41,7 +41,7 @@ from .regularizers import LazyRegularization
 
 logger = logging.getLogger("fastgen")
 
-__all__ = ["GANTrainer", "AMP_DTYPES"]
+__all__ = ["GANTrainer", "AMP_DTYPES", "linear_lr_decay"]
 
 AMP_DTYPES = (None, torch.bfloat16, torch.float16)
 _FORMAT = "fastgen.gan.GANTrainer/1"
@@ -96,6 +96,10 @@ class GANTrainer:
             None builds ``torch.optim.Adam(params, lr, betas)`` (the lazy penalty joins a regular D
             step, so no lr / beta correction applies).
         lr, betas: the default Adam optimizers' hyper-parameters (DCGAN's 2e-4, (0.5, 0.999)).
+        lr_schedule: None, or a callable (G steps done, an int >= 0) -> a factor >= 0: both optimizers'
+            learning rates are their initial ones times lr_schedule(k) once k G steps are done
+            (torch.optim.lr_scheduler.LambdaLR over each, stepped after every G step), e.g.
+            :func:`linear_lr_decay`. The rate lives in the optimizers' state, so checkpoints keep it.
         ema_decay: None, or keep an exponential moving average of G's parameters with this decay
             in (0, 1) (e.g. 0.999), updated after every G step; its buffers (batch-norm statistics)
             are copied from G, as StyleGAN2 does. :meth:`sample` uses it.
@@ -124,7 +128,7 @@ class GANTrainer:
                  penalty_weight: float = 10.0, lazy_interval: int = 1, n_critic: int = 1,
                  g_optimizer: torch.optim.Optimizer | None = None, d_optimizer: torch.optim.Optimizer | None = None,
                  lr: float = 2e-4, betas: tuple[float, float] = (0.5, 0.999), ema_decay: float | None = None,
-                 g_regularizer=None, g_regularizer_weight: float = 2.0, g_lazy_interval: int = 1,
+                 lr_schedule=None, g_regularizer=None, g_regularizer_weight: float = 2.0, g_lazy_interval: int = 1,
                  drift_weight: float = 0.0, amp_dtype: torch.dtype | None = None,
                  device: torch.device | str | None = None, seed: int = 0):
         _first_parameter("generator", generator)
@@ -180,6 +184,9 @@ class GANTrainer:
         self.generator, self.discriminator, self.latent_dim = generator, discriminator, latent_dim
         self.loss, self.penalty, self.penalty_weight = loss, penalty, float(penalty_weight)
         self.ema_decay, self.amp_dtype = ema_decay, amp_dtype
+        if lr_schedule is not None and not callable(lr_schedule):
+            raise TypeError(f"lr_schedule must be None or a callable (G steps done) -> lr factor, got "
+                            f"{type(lr_schedule).__name__}")
         self._g_params = [p for p in generator.parameters() if p.requires_grad]
         d_params = [p for p in discriminator.parameters() if p.requires_grad]
         if not self._g_params or not d_params:
@@ -195,6 +202,9 @@ class GANTrainer:
         self._g_scaler = torch.amp.GradScaler(self.device.type, enabled=amp_dtype == torch.float16)
         self._d_scaler = torch.amp.GradScaler(self.device.type, enabled=amp_dtype == torch.float16)
 
+        # after the optimizers are checked; LambdaLR sets the rates to initial * lr_schedule(0) now
+        self._lr_schedulers = [] if lr_schedule is None else [
+            torch.optim.lr_scheduler.LambdaLR(opt, lr_schedule) for opt in (self.g_optimizer, self.d_optimizer)]
         self.ema = None
         if ema_decay is not None:
             self.ema = checkpoint.ema_copy(generator)
@@ -319,6 +329,8 @@ class GANTrainer:
             self._g_scaler.update()
             if self.ema is not None:
                 checkpoint.update_ema(self.ema, self.generator, self.ema_decay)
+            for scheduler in self._lr_schedulers:
+                scheduler.step()
             values["g_loss"] = g_loss.detach()
 
         self.step += 1
@@ -351,12 +363,14 @@ class GANTrainer:
         finally:
             model.train(was_training)
 
-    def save_samples(self, path: str, *, real: torch.Tensor | None = None, use_ema: bool = True) -> None:
+    def save_samples(self, path: str, *, real: torch.Tensor | None = None, use_ema: bool = True,
+                     modes: torch.Tensor | None = None) -> None:
         """Write a PNG preview of G's samples to ``path`` atomically (needs Pillow).
 
         The same latents every call (a fixed stream seeded from ``seed``). Images (N, 1 or 3, H, W),
         values in [-1, 1]: an 8 x 8 grid. 2-D points (N, 2): a scatter plot of 2500 samples (blue)
-        over ``real`` (grey, which also sets the axes; else the samples do).
+        over ``real`` (grey, which also sets the axes; else the samples do), with ``modes`` ((K, 2)
+        mixture centres, optional) marked by red crosses on top.
         """
         def preview(n: int) -> torch.Tensor:
             rng = torch.Generator(device=self.device).manual_seed(self.seed + _PREVIEW_SEED_OFFSET)
@@ -364,7 +378,7 @@ class GANTrainer:
 
         samples = preview(_PREVIEW_IMAGES)
         if samples.dim() == 2 and samples.shape[1] == 2:
-            image = _scatter_plot(preview(_PREVIEW_POINTS), real)
+            image = _scatter_plot(preview(_PREVIEW_POINTS), real, modes=modes)
         elif samples.dim() == 4 and samples.shape[1] in (1, 3):
             image = _image_grid(samples)
         else:
@@ -474,6 +488,8 @@ class GANTrainer:
         values = checkpoint.load(path, format=_FORMAT, structure=self._structure(), parts=self._parts(),
                                  values=_CHECKPOINT_VALUES, generator=self._rng)
         self.step = values["step"]
+        for scheduler in self._lr_schedulers:  # the rates came back with the optimizers; the count follows the step
+            scheduler.last_epoch = self.step // self.n_critic
 
 
 # --- previews ---------------------------------------------------------------------------------------------
@@ -533,9 +549,11 @@ def _image_grid(images: torch.Tensor, pad: int = 2):
     return Image.fromarray(array[:, :, 0] if c == 1 else array)  # uint8 (H, W) -> "L", (H, W, 3) -> "RGB"
 
 
-def _scatter_plot(points: torch.Tensor, reference: torch.Tensor | None, size: int = _SCATTER_SIZE):
-    """A white PIL image with ``reference`` points (grey) under ``points`` (blue), 3 x 3 pixels each;
-    the square view covers the reference's finite points (else the points') with a 10% margin."""
+def _scatter_plot(points: torch.Tensor, reference: torch.Tensor | None, size: int = _SCATTER_SIZE,
+                  modes: torch.Tensor | None = None):
+    """A white PIL image with ``reference`` points (grey) under ``points`` (blue), 3 x 3 pixels each,
+    and ``modes`` (K, 2) as red crosses (13 pixels, 2 wide) on top; the square view covers the
+    reference's finite points (else the points') with a 10% margin."""
     Image, ImageDraw = _pil()
 
     points = points.detach().float().cpu()
@@ -551,15 +569,36 @@ def _scatter_plot(points: torch.Tensor, reference: torch.Tensor | None, size: in
     draw = ImageDraw.Draw(image)
     offsets = torch.cartesian_prod(torch.arange(-1, 2), torch.arange(-1, 2))
 
-    def pixels(xy: torch.Tensor) -> list:
+    def centres(xy: torch.Tensor) -> torch.Tensor:
         xy = xy[torch.isfinite(xy).all(dim=1)]
         px = ((xy - center) / half * (size / 2)).round().long()
-        px = torch.stack([size // 2 + px[:, 0], size // 2 - px[:, 1]], dim=1)  # y grows upwards
-        px = (px[:, None, :] + offsets[None]).reshape(-1, 2)
+        return torch.stack([size // 2 + px[:, 0], size // 2 - px[:, 1]], dim=1)  # y grows upwards
+
+    def pixels(xy: torch.Tensor) -> list:
+        px = (centres(xy)[:, None, :] + offsets[None]).reshape(-1, 2)
         px = px[((px >= 0) & (px < size)).all(dim=1)]
         return [tuple(p) for p in px.tolist()]
 
     if reference is not None:
         draw.point(pixels(reference), fill=(190, 190, 190))
     draw.point(pixels(points), fill=(31, 119, 180))
+    if modes is not None:
+        for x, y in centres(modes.detach().float().cpu().reshape(-1, 2)).tolist():  # PIL clips what lies outside
+            draw.line([(x - 6, y), (x + 6, y)], fill=(214, 39, 40), width=2)
+            draw.line([(x, y - 6), (x, y + 6)], fill=(214, 39, 40), width=2)
     return image
+
+
+def linear_lr_decay(steps: int, start: float = 0.5, final: float = 0.01):
+    """An ``lr_schedule`` for :class:`GANTrainer`: factor 1 for the first ``start * steps`` G steps, then
+    linear down to ``final`` at G step ``steps`` (and ``final`` after it). ``steps`` an int >= 1,
+    ``start`` in [0, 1], ``final`` >= 0. Returns a callable int -> float."""
+    steps = check_int("steps", steps, 1)
+    for name, value, upper in (("start", start, 1.0), ("final", final, math.inf)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= upper:
+            raise ValueError(f"{name} must be a number in [0, {upper}], got {value!r}")
+    begin = int(start * steps)
+
+    def factor(k: int) -> float:
+        return 1.0 + (final - 1.0) * min(1.0, max(0, k - begin) / max(1, steps - begin))
+    return factor

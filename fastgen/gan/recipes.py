@@ -1,0 +1,67 @@
+"""The GAN recipes of the 2-D mixtures (PacGAN's grid and ring), in one place for
+benchmarks/run_gan_mode_coverage.py and ``fastgen train gan2d``.
+
+A recipe is :class:`fastgen.gan.GANTrainer` keyword arguments for fastgen's MLPGenerator (2-D latent,
+``depth`` hidden layers of ``hidden``, ReLU) and MLPDiscriminator (LeakyReLU 0.2), trained on fresh
+batches of ``batch`` points of :func:`fastgen.data.toy_batches`. ``torch.manual_seed(seed)`` sets the
+initial weights, the seed the training latents and the data stream; the evaluation latents come
+from seed + 1. Why each recipe is what it is: benchmarks/run_gan_mode_coverage.py's docstring.
+
+    train_recipe(name, data, seed, steps)   -> (trainer, history, seconds)
+    evaluation_samples(trainer, seed)       -> (EVAL_SAMPLES, 2) float32 of the generator the recipe scores
+"""
+from __future__ import annotations
+
+import time
+
+import torch
+
+__all__ = ["RUNS", "DEFAULT_RECIPE", "EVAL_SAMPLES", "SETTINGS", "QUICK_SETTINGS", "DATA", "train_recipe",
+           "evaluation_samples"]
+
+# name -> GANTrainer keyword arguments; "first_seed_only" is run_gan_mode_coverage.py's own flag.
+RUNS = {
+    "ns": dict(loss="ns", lr=1e-3, betas=(0.5, 0.999)),
+    "ns+ema": dict(loss="ns", lr=1e-3, betas=(0.0, 0.99), ema_decay=0.99),
+    "wgan-gp": dict(loss="wgan", penalty="wgan-gp", penalty_weight=0.1, n_critic=5, lr=1e-3, betas=(0.5, 0.9),
+                    ema_decay=0.99),
+    "ns+r1": dict(loss="ns", penalty="r1", penalty_weight=0.1, lr=1e-3, betas=(0.0, 0.99), ema_decay=0.99),
+    "wgan-gp-alg1": dict(loss="wgan", penalty="wgan-gp", penalty_weight=10.0, n_critic=5, lr=1e-4, betas=(0.0, 0.9),
+                         first_seed_only=True),
+}
+DEFAULT_RECIPE = "ns+r1"  # the best of RUNS on the grid (25/25 modes on every seed, most high-quality samples)
+DEFAULT_STEPS = 3000  # generator steps
+EVAL_SAMPLES = 2500  # PacGAN's evaluation count
+SETTINGS = {"batch": 256, "hidden": 256, "depth": 3, "latent_dim": 2}
+QUICK_SETTINGS = {"batch": 32, "hidden": 16, "depth": 1, "latent_dim": 2}
+DATA = ("grid", "ring")  # the mixtures with known modes (fastgen.data.TOY_MIXTURES)
+
+
+def train_recipe(name: str, data: str, seed: int, steps: int = DEFAULT_STEPS, settings: dict | None = None, *,
+                 progress: bool = False):
+    """Train recipe ``name`` on ``data`` ("grid" or "ring") for ``steps`` generator steps (n_critic times as
+    many discriminator steps). Returns (the GANTrainer, its fit history, training seconds)."""
+    from ..data import toy_batches
+    from ..models import MLPDiscriminator, MLPGenerator
+    from .trainer import GANTrainer
+
+    if name not in RUNS:
+        raise ValueError(f"recipe must be one of {sorted(RUNS)}, got {name!r}")
+    if data not in DATA:
+        raise ValueError(f"data must be one of {DATA}, got {data!r}")
+    settings = SETTINGS if settings is None else settings
+    config = {k: v for k, v in RUNS[name].items() if k != "first_seed_only"}
+    torch.manual_seed(seed)
+    G = MLPGenerator(latent_dim=settings["latent_dim"], hidden=settings["hidden"], depth=settings["depth"])
+    D = MLPDiscriminator(hidden=settings["hidden"], depth=settings["depth"])
+    trainer = GANTrainer(G, D, seed=seed, **config)
+    batches = toy_batches(data, settings["batch"], generator=torch.Generator().manual_seed(seed))
+    start = time.perf_counter()
+    history = trainer.fit(batches, steps * trainer.n_critic, progress=progress)
+    return trainer, history, time.perf_counter() - start
+
+
+def evaluation_samples(trainer, seed: int, *, use_ema: bool = True) -> torch.Tensor:
+    """The :data:`EVAL_SAMPLES` (N, 2) float32 points scored for a run of ``seed``: from the EMA of G where
+    the trainer keeps one (and ``use_ema``), else from G; latents from a generator seeded with seed + 1."""
+    return trainer.sample(EVAL_SAMPLES, use_ema=use_ema, generator=torch.Generator().manual_seed(seed + 1))
