@@ -166,7 +166,7 @@ class _Sampler:
 
 
 def _image_manifest(loaded: LoadedModel, steps: int, dtype: str, device: torch.device, labels, fmt: str,
-                    subdirs: bool, shard_size: int, sample_shape) -> dict:
+                    subdirs: bool, shard_size: int, sample_shape, accelerate: bool, compile_: bool) -> dict:
     scheduler = None
     if loaded.scheduler is not None:
         config = {k: v for k, v in dict(loaded.scheduler.config).items() if not k.startswith("_")}
@@ -176,7 +176,10 @@ def _image_manifest(loaded: LoadedModel, steps: int, dtype: str, device: torch.d
             "scheduler": scheduler, "steps": steps if loaded.kind == "diffusion" else None, "dtype": dtype,
             "device_type": device.type, "noise": NOISE_RULE, "sample_shape": list(sample_shape),
             "class_labels": None if labels is None else {"rule": "labels[seed % len(labels)]", "labels": labels},
-            "image": "uint8 HWC, round(clamp(x / 2 + 0.5, 0, 1) * 255)", "output": output}
+            "image": "uint8 HWC, round(clamp(x / 2 + 0.5, 0, 1) * 255)", "output": output,
+            # on a GPU the fused kernels and compiled graphs round differently from eager torch, so a
+            # folder never mixes images made with and without them (on a CPU they give the same images)
+            "kernels": {"accelerate": accelerate, "compile": compile_} if device.type == "cuda" else None}
 
 
 def generate(model: str, out: str, seeds: list[int], *, batch_size: int = 256, scheduler: str | None = None,
@@ -231,7 +234,8 @@ def generate(model: str, out: str, seeds: list[int], *, batch_size: int = 256, s
         sampler = _Sampler(loaded, dev, torch_dtype, steps, labels, accelerate, compile_, cuda_graph)
         sample_shape = (loaded.sample_shape if loaded.kind == "diffusion"
                         else tuple(sampler.images([0]).shape[1:]))  # a GAN's image shape: one probe image
-        images = _image_manifest(loaded, steps, dtype, dev, labels, fmt, subdirs, shard_size, sample_shape)
+        images = _image_manifest(loaded, steps, dtype, dev, labels, fmt, subdirs, shard_size, sample_shape,
+                                 accelerate, compile_)
         prov = {"model_path": loaded.source["path"], "seeds": format_seeds(seeds), "batch_size": batch_size,
                 "world_size": world, "accelerate": accelerate, "compile": compile_,
                 "cuda_graph": sampler.cuda_graph and dev.type == "cuda", "device": str(dev), "command": command}
