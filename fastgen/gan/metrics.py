@@ -28,6 +28,7 @@ import operator
 import torch
 
 from ..data.toy2d import Mixture
+from ..divergences import kl_categorical
 
 __all__ = ["ModeCoverage", "mode_coverage"]
 
@@ -69,8 +70,7 @@ def _reverse_kl_to_uniform(counts: torch.Tensor) -> float:
     if total == 0:
         return math.nan
     p = counts.to(torch.float64) / total
-    p = p[p > 0]  # 0 log 0 = 0
-    return float((p * (p * counts.numel()).log()).sum())
+    return float(kl_categorical(p, torch.full_like(p, 1.0 / p.numel())))
 
 
 def _check_samples(samples: object) -> torch.Tensor:

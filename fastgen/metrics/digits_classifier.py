@@ -32,6 +32,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..data.digits import TEST_EVERY, split_indices  # the package's one train / test split
+from ..divergences import kl_categorical
 
 __all__ = ["DigitsClassifier", "WEIGHTS_PATH", "load_digits_classifier", "split_indices", "digits_features",
            "classify_digits", "class_accuracy", "class_balance", "ClassBalance", "digits_fd",
@@ -152,8 +153,11 @@ class ClassBalance:
     def __init__(self, predictions: torch.Tensor):
         self.counts = torch.bincount(predictions, minlength=NUM_CLASSES).numpy()
         self.fractions = self.counts / max(1, self.counts.sum())
-        p = self.fractions[self.fractions > 0]
-        self.kl_uniform = float((p * np.log(NUM_CLASSES * p)).sum())
+        if self.counts.sum() == 0:
+            self.kl_uniform = float("nan")
+        else:
+            p = torch.from_numpy(self.fractions)
+            self.kl_uniform = float(kl_categorical(p, torch.full_like(p, 1.0 / NUM_CLASSES)))
 
     def __repr__(self):
         return f"ClassBalance(counts={self.counts.tolist()}, kl_uniform={self.kl_uniform:.4f})"
