@@ -22,6 +22,7 @@ import time
 import torch
 
 from fastgen import benchmarking
+from fastgen.imaging import image_grid
 from fastgen.data import digit_batches
 from fastgen.diffusion.scheduling_ddpm import DDPMScheduler
 from fastgen._io import atomic_write
@@ -34,20 +35,9 @@ GRID = 8  # samples per row and column
 PNG_ZOOM = 4  # nearest-neighbour upscaling of the saved grid, so 16x16 digits are visible
 
 
-def image_grid_png(images: torch.Tensor, zoom: int = PNG_ZOOM, pad: int = 2):
-    """(N, 1, H, W) in [-1, 1] -> a greyscale PIL image: a ceil(sqrt N)-column grid, black gaps, zoomed."""
-    from PIL import Image
-
-    n, _, h, w = images.shape
-    cols = int(n ** 0.5 + 0.999999)
-    rows = (n + cols - 1) // cols
-    pixels = ((images.detach().float().cpu().nan_to_num(0.0).clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    tiles = torch.zeros(rows * cols, h + pad, w + pad, dtype=torch.uint8)
-    tiles[:n, pad:, pad:] = pixels[:, 0]
-    grid = tiles.view(rows, cols, h + pad, w + pad).permute(0, 2, 1, 3).reshape(rows * (h + pad), cols * (w + pad))
-    grid = torch.nn.functional.pad(grid, (0, pad, 0, pad))
-    grid = grid.repeat_interleave(zoom, 0).repeat_interleave(zoom, 1)
-    return Image.fromarray(grid.numpy(), mode="L")
+def image_grid_png(images: torch.Tensor):
+    """(N, 1, H, W) in [-1, 1] -> the package's grid (fastgen.imaging.image_grid), zoomed for viewing."""
+    return image_grid(images, zoom=PNG_ZOOM)
 
 
 def loss_summary(history: list[dict]) -> dict:

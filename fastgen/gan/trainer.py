@@ -34,6 +34,7 @@ import torch.nn as nn
 
 from .. import checkpoint
 from .._io import atomic_write, check_writable, progress_bar
+from ..imaging import image_grid
 from .._validate import check_int
 from . import losses
 from .penalty import PENALTY_KINDS, discriminator_objective, gradient_penalty
@@ -380,7 +381,7 @@ class GANTrainer:
         if samples.dim() == 2 and samples.shape[1] == 2:
             image = _scatter_plot(preview(_PREVIEW_POINTS), real, modes=modes)
         elif samples.dim() == 4 and samples.shape[1] in (1, 3):
-            image = _image_grid(samples)
+            image = image_grid(samples)
         else:
             raise ValueError(f"previews are drawn for 2-D points (N, 2) or images (N, 1 or 3, H, W); the generator "
                              f"makes samples of shape {tuple(samples.shape[1:])}")
@@ -530,23 +531,6 @@ def _pil():
         raise ImportError(f"sample previews are PNG files drawn with Pillow, which is not installed "
                           f"(pip install Pillow): {exc}") from exc
     return Image, ImageDraw
-
-
-def _image_grid(images: torch.Tensor, pad: int = 2):
-    """(N, C, H, W) in [-1, 1], C 1 or 3 -> a PIL image of a ceil(sqrt N)-column grid, black gaps."""
-    Image, _ = _pil()
-
-    n, c, h, w = images.shape
-    cols = math.ceil(math.sqrt(n))
-    rows = math.ceil(n / cols)
-    pixels = ((images.detach().float().nan_to_num(0.0).clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu()
-    tiles = torch.zeros(rows * cols, c, h + pad, w + pad, dtype=torch.uint8)
-    tiles[:n, :, pad:, pad:] = pixels  # each tile: a gap above and to the left of its image
-    grid = tiles.view(rows, cols, c, h + pad, w + pad).permute(2, 0, 3, 1, 4)
-    grid = grid.reshape(c, rows * (h + pad), cols * (w + pad))
-    grid = torch.nn.functional.pad(grid, (0, pad, 0, pad))  # close the right and bottom edges
-    array = grid.permute(1, 2, 0).numpy()
-    return Image.fromarray(array[:, :, 0] if c == 1 else array)  # uint8 (H, W) -> "L", (H, W, 3) -> "RGB"
 
 
 def _scatter_plot(points: torch.Tensor, reference: torch.Tensor | None, size: int = _SCATTER_SIZE,
