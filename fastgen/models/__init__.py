@@ -8,6 +8,8 @@
     StyleGAN2Generator, StyleGAN2Discriminator   Karras et al. 2020 on the fused bias_act / upfirdn2d ops
     BigGANGenerator, BigGANDiscriminator  Brock et al. 2019: class-conditional BN, projection D, self-attention
     ProGANGenerator, ProGANDiscriminator, ProGANTrainer   Karras et al. 2018: progressive growing with fade-in
+    CycleGANGenerator, ResnetBlock       Zhu et al. 2017 (ResNet generator; D: PatchGAN); trainer in fastgen.gan.translation
+    StarGANGenerator, StarGANDiscriminator   Choi et al. 2018: one G for many domains, D with source + domain heads
     Glow, RealNVP                        normalizing flows with exact log-likelihoods (fastgen.models.flows)
     VQVAE, VQVAE2, GatedPixelCNN         VQ-VAE (one and two levels) and the gated PixelCNN prior over its codes
     Autoencoder, VAE                     conv autoencoder, VAE (beta, IWAE bound); .digits() / .rgb32() presets
@@ -27,6 +29,8 @@ from .likelihoods import Bernoulli, DiscretizedLogistic, Gaussian, bits_per_dim
 from .vae import VAE
 from .biggan import BigGANDiscriminator, BigGANGenerator
 from .progan import ProGANDiscriminator, ProGANGenerator, ProGANTrainer, ProgressiveSchedule
+from .cyclegan import CycleGANGenerator, ResnetBlock
+from .stargan import StarGANDiscriminator, StarGANGenerator
 from .flows import Glow, RealNVP
 from .pixelcnn import GatedPixelCNN
 from .vqvae import VQVAE, VQVAE2
@@ -40,3 +44,4 @@ __all__ += ["VQVAE", "VQVAE2", "GatedPixelCNN"]
 __all__ += ["Glow", "RealNVP"]
 __all__ += ["BigGANGenerator", "BigGANDiscriminator"]
 __all__ += ["ProGANGenerator", "ProGANDiscriminator", "ProGANTrainer", "ProgressiveSchedule"]
+__all__ += ["CycleGANGenerator", "ResnetBlock", "StarGANGenerator", "StarGANDiscriminator"]
