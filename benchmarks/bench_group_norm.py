@@ -2,7 +2,9 @@
 forward + backward: fastgen per implementation vs eager torch (F.group_norm + F.silu) and
 torch.compile of the same math, NCHW and channels_last.
 
-Shapes: 256x128x32x32 and 256x256x16x16 with 32 groups by default. FASTGEN_BENCH_SHAPE (the
+Shapes: 256x128x32x32 and 256x256x16x16 (training batches) and 1x320x64x64 (sampling one
+Stable-Diffusion-sized image: 32 (sample, group) pairs, the case of the channels_last kernels'
+split reduction) with 32 groups by default. FASTGEN_BENCH_SHAPE (the
 suite's knob, e.g. ``4,8,8,8``) replaces them with that one shape; FASTGEN_BENCH_GN_GROUPS
 (default 32) sets the group count, reduced to gcd(groups, C) where it does not divide C (so
 4,8,8,8 runs 8 groups). FASTGEN_BENCH_DTYPE and FASTGEN_BENCH_DEVICE as in _suite.py.
@@ -23,7 +25,7 @@ from _suite import DEVICE, DTYPE, run_entry
 from fastgen import benchmarking, cli
 from fastgen.ops.group_norm import IMPLS, group_norm
 
-UNET_SHAPES = [(256, 128, 32, 32), (256, 256, 16, 16)]
+UNET_SHAPES = [(256, 128, 32, 32), (256, 256, 16, 16), (1, 320, 64, 64)]
 SHAPES = ([tuple(int(s) for s in os.environ["FASTGEN_BENCH_SHAPE"].split(","))]
           if "FASTGEN_BENCH_SHAPE" in os.environ else UNET_SHAPES)
 GROUPS = int(os.environ.get("FASTGEN_BENCH_GN_GROUPS", "32"))

@@ -152,25 +152,37 @@ def cases(quick: bool):
         # GroupNorm: U-Net shapes (C / G = 4 .. 16 channels per group; 4 x 32 x 32 is the largest
         # single-tile group), a ragged group (C / G = 3), a group that streams through tiles
         # (10 x 64 x 64, Stable Diffusion's 320 channels), NCHW and channels_last, every option on and off.
-        for shape, groups in (((2, 128, 32, 32), 32), ((2, 512, 8, 8), 32), ((2, 96, 7, 7), 32),
-                              ((2, 320, 64, 64), 32)):
-            for channels_last in (False, True):
-                def gn(shape=shape, groups=groups, channels_last=channels_last, dtype=dtype):
-                    x = torch.randn(shape).to(dtype)
-                    x = x.to(memory_format=torch.channels_last) if channels_last else x
-                    B, C = shape[:2]
-                    full = dict(emb=torch.randn(B, C).to(dtype), scale=torch.randn(B, C).to(dtype),
-                                shift=torch.randn(B, C).to(dtype), activation="silu")
+        # channels_last runs its unsplit kernels (PHASE 0: a training batch, forced here by a split
+        # threshold of 0) and the split pair (PHASE 1 / 2: batch 1, e.g. sampling one image), plus
+        # awkward channels per group (1 and 40: one lane per group, a 64-lane row 40 wide).
+        unet = (((2, 128, 32, 32), 32), ((2, 512, 8, 8), 32), ((2, 96, 7, 7), 32), ((2, 320, 64, 64), 32))
+        gn_cases = [(shape, groups, layout) for shape, groups in unet
+                    for layout in ("NCHW", "channels_last", "channels_last split")]
+        gn_cases += [((2, 512, 4, 4), 32, "channels_last"), ((1, 320, 64, 64), 32, "channels_last split"),
+                     ((1, 32, 24, 24), 32, "channels_last split"), ((2, 80, 24, 24), 2, "channels_last"),
+                     ((1, 80, 24, 24), 2, "channels_last split")]
+        if quick:  # every NCHW shape; channels_last's single-tile, streaming and split kernels
+            gn_cases = [case for case in gn_cases if case[2] == "NCHW" or (case[0], case[2]) in (
+                ((2, 512, 8, 8), "channels_last"), ((2, 128, 32, 32), "channels_last"),
+                ((1, 320, 64, 64), "channels_last split"))]
+        for shape, groups, layout in gn_cases:
+            def gn(shape=shape, groups=groups, layout=layout, dtype=dtype):
+                from fastgen.kernels import group_norm as gn_kernel
+
+                x = torch.randn(shape).to(dtype)
+                x = x.to(memory_format=torch.channels_last) if layout != "NCHW" else x
+                B, C = shape[:2]
+                full = dict(emb=torch.randn(B, C).to(dtype), scale=torch.randn(B, C).to(dtype),
+                            shift=torch.randn(B, C).to(dtype), activation="silu")
+                threshold = 1 << 30 if layout.endswith("split") else 0
+                with mock.patch.object(gn_kernel, "SPLIT_MIN_PROGRAMS", threshold):
                     for options in ({}, full):
                         xg = x.clone().requires_grad_(True)
                         w, b = torch.randn(C, dtype=dtype), torch.randn(C, dtype=dtype)
                         y = ops.group_norm(xg, groups, w if options else None, b if options else None,
                                            **options, impl="triton")
                         y.backward(torch.randn_like(y))  # a dense upstream gradient, as in training
-                layout = "channels_last" if channels_last else "NCHW"
-                yield f"group_norm {'x'.join(map(str, shape))} G{groups} {layout} {name}", gn
-                if quick:
-                    break
+            yield f"group_norm {'x'.join(map(str, shape))} G{groups} {layout} {name}", gn
 
         # Attention at the U-Net's head dims (diffusers' DDPM CIFAR-10: one head of 256 at 16x16).
         for head_dim in ((64, 256) if quick else (32, 64, 128, 256)):

@@ -25,8 +25,16 @@ from 3 to 2 tensor passes, the backward from 5 to 3 — up to 1.5x and 1.67x les
 not yet measured (benchmarks/bench_group_norm.py on a GPU).
 
 Parallelism is B * G programs (8192 for a 256-sample batch at 32 groups). A small batch with large
-groups leaves most of a GPU idle; a split reduction over spatial chunks would fix that and is not
-implemented.
+groups leaves most of a GPU idle; in NCHW that remains so (a split reduction is implemented for
+channels_last only).
+
+channels_last (NHWC storage) has its own kernels (_group_norm_cl_*): one group's channels at one
+position are only c_g adjacent values (8-16 bytes for c_g = 4), so a program takes GB adjacent
+groups (CL_CHANNELS = 64 channels: 256 B of float32 per position) through [BLOCK_S, GB, CG] tiles
+whose fastest axis is the channel, and reduces per channel, then per group. Launches of fewer than
+SPLIT_MIN_PROGRAMS programs (batch 1: 1x320x64x64 is 8 group blocks) split the positions into
+chunks with a deterministic two-phase reduction. Expected on a GPU, not measured:
+benchmarks/bench_group_norm.py's channels_last rows (1x320x64x64 for the split).
 """
 import torch
 import triton
@@ -36,6 +44,19 @@ import triton.language as tl
 # 16 at 8 warps in the backward, which keeps about three times as many tiles live. Chosen by
 # reasoning about registers, not yet tuned on a GPU.
 TILE = 4096
+# Channels-last kernels: channels per program row segment, GB groups of CG channels (64 channels:
+# 256 B of float32 / 128 B of 16-bit values per position, whole 32-byte sectors and 128-byte lines).
+CL_CHANNELS = 64
+# Elements of one channels_last [BLOCK_S, GB, CG] tile: 8 values per thread at 8 warps. Half of
+# TILE: per-channel running statistics and the backward's three tile accumulators are live across
+# the loop; at 4096 the triton 3.6 build needed 128-168 registers per thread (compile report).
+CL_TILE = 2048
+# Channels-last split: a launch of fewer than SPLIT_MIN_PROGRAMS (sample, group block) programs is
+# cut along the positions into chunks until it has about that many (two-phase reduction, see
+# _group_norm_cl_fwd_kernel). 264 = 2 x the 132 SMs of an H100 / H200 (108 on an A100): two
+# resident programs per SM is the least that hides a program's start and tail; chosen by reasoning,
+# not measured (no GPU run of it yet). Tests lower CL_TILE / raise this to force the split on small shapes.
+SPLIT_MIN_PROGRAMS = 264
 
 
 @triton.jit
@@ -61,21 +82,23 @@ def _group_program(emb_ptr, C, S, stride_c, channels_per_group, num_groups, HAS_
 
 @triton.jit
 def _load_h(x_ptr, offs, mask, emb, HAS_EMB: tl.constexpr):
-    """A [BLOCK_C, BLOCK_S] tile of h = x + emb in float32 (0 where masked before the emb add)."""
+    """A tile of h = x + emb in float32 (0 where masked before the emb add); emb comes shaped to
+    broadcast against the tile ([BLOCK_C, 1] in NCHW tiles, [1, GB, CG] in channels_last ones)."""
     h = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     if HAS_EMB:
-        h += emb[:, None]
+        h += emb
     return h
 
 
 @triton.jit
 def _channel_coefficients(weight_ptr, bias_ptr, scale_ptr, shift_ptr, c, bc, c_mask, rstd,
                           HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_SCALE: tl.constexpr,
-                          HAS_SHIFT: tl.constexpr, BLOCK_C: tl.constexpr):
+                          HAS_SHIFT: tl.constexpr):
     """Per-channel (a, d) with z = (h - mean) * a + d: affine and scale/shift folded into one FMA,
-    a = rstd * weight * (1 + scale), d = bias * (1 + scale) + shift."""
-    a = tl.full((BLOCK_C,), 1.0, tl.float32) * rstd
-    d = tl.zeros((BLOCK_C,), tl.float32)
+    a = rstd * weight * (1 + scale), d = bias * (1 + scale) + shift. ``rstd`` comes in c's shape
+    (channel indices c of any rank: [BLOCK_C] or [GB, CG])."""
+    a = rstd
+    d = tl.zeros_like(rstd)
     if HAS_WEIGHT:
         a *= tl.load(weight_ptr + c, mask=c_mask, other=0.0).to(tl.float32)
     if HAS_BIAS:
@@ -134,15 +157,16 @@ def _group_norm_fwd_kernel(
         s = tl.arange(0, BLOCK_S)
         mask = c_mask[:, None] & (s < S)[None, :]
         offs = ptr_c + s[None, :] * stride_s
-        h = _load_h(x_ptr, offs, mask, emb, HAS_EMB)
+        h = _load_h(x_ptr, offs, mask, emb[:, None], HAS_EMB)
         count = (channels_per_group * S * 1.0)  # * 1.0: both may be specialised to constexpr 1
         mean = tl.sum(tl.where(mask, h, 0.0)) / count
         dev = tl.where(mask, h - mean, 0.0)
         rstd = 1.0 / tl.sqrt(tl.sum(dev * dev) / count + eps)
         tl.store(mean_ptr + pid, mean)
         tl.store(rstd_ptr + pid, rstd)
-        a, d = _channel_coefficients(weight_ptr, bias_ptr, scale_ptr, shift_ptr, c, bc, c_mask, rstd,
-                                     HAS_WEIGHT, HAS_BIAS, HAS_SCALE, HAS_SHIFT, BLOCK_C)
+        a, d = _channel_coefficients(weight_ptr, bias_ptr, scale_ptr, shift_ptr, c, bc, c_mask,
+                                     tl.full((BLOCK_C,), 1.0, tl.float32) * rstd,
+                                     HAS_WEIGHT, HAS_BIAS, HAS_SCALE, HAS_SHIFT)
         tl.store(out_ptr + offs, _activate(dev * a[:, None] + d[:, None], SILU), mask=mask)
     else:
         # Pass 1: statistics of h - pivot, the pivot being the group's first value: far from zero the
@@ -158,7 +182,7 @@ def _group_norm_fwd_kernel(
         for s0 in range(0, S, BLOCK_S):
             s = s0 + tl.arange(0, BLOCK_S)
             mask = c_mask[:, None] & (s < S)[None, :]
-            h = _load_h(x_ptr, ptr_c + s[None, :] * stride_s, mask, emb, HAS_EMB) - pivot
+            h = _load_h(x_ptr, ptr_c + s[None, :] * stride_s, mask, emb[:, None], HAS_EMB) - pivot
             n_tile = (tl.minimum(S - s0, BLOCK_S) * channels_per_group).to(tl.float32)
             tile_mean = tl.sum(tl.where(mask, h, 0.0)) / n_tile
             dev = tl.where(mask, h - tile_mean, 0.0)
@@ -172,27 +196,29 @@ def _group_norm_fwd_kernel(
         tl.store(rstd_ptr + pid, rstd)
 
         # h - mean is taken as (h - pivot) - shifted_mean, which keeps the pivot's precision.
-        a, d = _channel_coefficients(weight_ptr, bias_ptr, scale_ptr, shift_ptr, c, bc, c_mask, rstd,
-                                     HAS_WEIGHT, HAS_BIAS, HAS_SCALE, HAS_SHIFT, BLOCK_C)
+        a, d = _channel_coefficients(weight_ptr, bias_ptr, scale_ptr, shift_ptr, c, bc, c_mask,
+                                     tl.full((BLOCK_C,), 1.0, tl.float32) * rstd,
+                                     HAS_WEIGHT, HAS_BIAS, HAS_SCALE, HAS_SHIFT)
 
         # Pass 2: normalise and store (the group was just read, so on a GPU this pass mostly hits L2).
         for s0 in range(0, S, BLOCK_S):
             s = s0 + tl.arange(0, BLOCK_S)
             mask = c_mask[:, None] & (s < S)[None, :]
             offs = ptr_c + s[None, :] * stride_s
-            h = _load_h(x_ptr, offs, mask, emb, HAS_EMB)
+            h = _load_h(x_ptr, offs, mask, emb[:, None], HAS_EMB)
             z = ((h - pivot) - shifted_mean) * a[:, None] + d[:, None]
             tl.store(out_ptr + offs, _activate(z, SILU), mask=mask)
 
 
 @triton.jit
 def _normalised_and_dz(x_ptr, dy_ptr, offs, mask, emb, mean, rstd, k, d, HAS_EMB: tl.constexpr, SILU: tl.constexpr):
-    """(n, dz) of a tile: n = (h - mean) * rstd (0 where masked), dz = dL/dz through the activation."""
+    """(n, dz) of a tile: n = (h - mean) * rstd (0 where masked), dz = dL/dz through the activation.
+    emb, mean, rstd, k, d come shaped to broadcast against the tile."""
     h = _load_h(x_ptr, offs, mask, emb, HAS_EMB)
     n = tl.where(mask, (h - mean) * rstd, 0.0)
     dz = tl.load(dy_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     if SILU:
-        z = n * k[:, None] + d[:, None]
+        z = n * k + d
         sig = 1.0 / (1.0 + tl.exp(-z))
         dz *= sig * (1.0 + z * (1.0 - sig))
     return n, dz
@@ -250,8 +276,9 @@ def _group_norm_bwd_kernel(
     rstd = tl.load(rstd_ptr + pid)
     # k = dz/dn per channel (the forward's a at rstd = 1); z = n * k + d is needed only to
     # differentiate the activation.
-    k, d = _channel_coefficients(weight_ptr, bias_ptr, scale_ptr, shift_ptr, c, bc, c_mask, 1.0,
-                                 HAS_WEIGHT, HAS_BIAS and SILU, HAS_SCALE, HAS_SHIFT and SILU, BLOCK_C)
+    k, d = _channel_coefficients(weight_ptr, bias_ptr, scale_ptr, shift_ptr, c, bc, c_mask,
+                                 tl.full((BLOCK_C,), 1.0, tl.float32),
+                                 HAS_WEIGHT, HAS_BIAS and SILU, HAS_SCALE, HAS_SHIFT and SILU)
     inv_n = 1.0 / (channels_per_group * S * 1.0)  # * 1.0: both may be specialised to constexpr 1
 
     if SINGLE_TILE:
@@ -260,7 +287,8 @@ def _group_norm_bwd_kernel(
         s = tl.arange(0, BLOCK_S)
         mask = c_mask[:, None] & (s < S)[None, :]
         offs = ptr_c + s[None, :] * stride_s
-        n, dz = _normalised_and_dz(x_ptr, dy_ptr, offs, mask, emb, mean, rstd, k, d, HAS_EMB, SILU)
+        n, dz = _normalised_and_dz(x_ptr, dy_ptr, offs, mask, emb[:, None], mean, rstd, k[:, None], d[:, None],
+                                   HAS_EMB, SILU)
         sum_dz, sum_dz_n, sum_n = tl.sum(dz, axis=1), tl.sum(dz * n, axis=1), tl.sum(n, axis=1)
         c1, c2 = _store_channel_sums(sum_dz_ptr, sum_dz_n_ptr, d_emb_ptr, bc, c_mask, sum_dz, sum_dz_n, sum_n,
                                      k, rstd, inv_n, S)
@@ -278,7 +306,8 @@ def _group_norm_bwd_kernel(
             s = s0 + tl.arange(0, BLOCK_S)
             mask = c_mask[:, None] & (s < S)[None, :]
             offs = ptr_c + s[None, :] * stride_s
-            n, dz = _normalised_and_dz(x_ptr, dy_ptr, offs, mask, emb, mean, rstd, k, d, HAS_EMB, SILU)
+            n, dz = _normalised_and_dz(x_ptr, dy_ptr, offs, mask, emb[:, None], mean, rstd, k[:, None], d[:, None],
+                                       HAS_EMB, SILU)
             acc_dz += dz
             sum_dz_n += tl.sum(dz * n, axis=1)
             sum_n += tl.sum(n, axis=1)
@@ -291,8 +320,317 @@ def _group_norm_bwd_kernel(
             s = s0 + tl.arange(0, BLOCK_S)
             mask = c_mask[:, None] & (s < S)[None, :]
             offs = ptr_c + s[None, :] * stride_s
-            n, dz = _normalised_and_dz(x_ptr, dy_ptr, offs, mask, emb, mean, rstd, k, d, HAS_EMB, SILU)
+            n, dz = _normalised_and_dz(x_ptr, dy_ptr, offs, mask, emb[:, None], mean, rstd, k[:, None], d[:, None],
+                                       HAS_EMB, SILU)
             tl.store(dx_ptr + offs, rstd * (dz * k[:, None] - c1 - n * c2), mask=mask)
+
+
+# --- channels_last (NHWC storage) -------------------------------------------------------------------
+# A group's c_g channels at one spatial position are c_g adjacent values, the next position C values
+# further on: a [BLOCK_C, BLOCK_S] tile of one group touches BLOCK_S separate segments of c_g * elem
+# bytes (8-16 B for c_g = 4 at 16 / 32 bits), a fraction of each 32-byte sector fetched. These kernels
+# instead take a block of GB adjacent groups, whose GB * c_g channels are one contiguous row segment
+# per position, and walk [BLOCK_S, GB, CG] tiles (CG = c_g rounded up to a power of two): the last,
+# fastest axis is the channel within its group (stride 1), then the group (stride c_g), then the
+# position (stride C), so a warp's lanes cover whole row segments of GB * c_g channels (64 channels:
+# 256 B in float32, 128 B in 16 bits). Statistics are per channel inside the loop and merged per
+# group after it, so no lane ever mixes two groups.
+#
+# Split reduction (a batch too small to fill the GPU, e.g. sampling one image): the positions of
+# each (sample, group block) are cut into K chunks, one program each. PHASE 1 writes each chunk's
+# partial statistics to a float32 workspace; PHASE 2 (a second launch) merges a block's K partials
+# with a fixed reduction order (the same in every program: deterministic, no atomics) and
+# normalises its chunk. PHASE 0 is the unsplit kernel: both in one program.
+
+
+@triton.jit
+def _cl_program(emb_ptr, C, S, num_groups, num_chunks, chunk, HAS_EMB: tl.constexpr, C_G: tl.constexpr,
+                GB: tl.constexpr, CG: tl.constexpr):
+    """This program's sample b, chunk index k and positions [s_lo, s_hi); its groups g [GB] with
+    their mask; channels c [GB, CG] with their mask; the (b, c) indices; the sample's storage
+    offset; emb[b, c] as [1, GB, CG] float32 (zeros without HAS_EMB)."""
+    pid = tl.program_id(0)
+    k = pid % num_chunks
+    block = pid // num_chunks
+    blocks_per_sample = tl.cdiv(num_groups, GB)
+    b = block // blocks_per_sample
+    g = (block % blocks_per_sample) * GB + tl.arange(0, GB)
+    g_mask = g < num_groups
+    j = tl.arange(0, CG)
+    c = g[:, None] * C_G + j[None, :]
+    c_mask = g_mask[:, None] & (j < C_G)[None, :]
+    bc = b * C + c
+    sample = b.to(tl.int64) * C * S
+    s_lo = k * chunk
+    s_hi = tl.minimum(s_lo + chunk, S)
+    emb = tl.zeros((GB, CG), tl.float32)
+    if HAS_EMB:
+        emb = tl.load(emb_ptr + bc, mask=c_mask, other=0.0).to(tl.float32)
+    return b, k, s_lo, s_hi, g, g_mask, c, c_mask, bc, sample, emb[None, :, :]
+
+
+@triton.jit
+def _cl_tile(sample, c, c_mask, s0, s_hi, C, BLOCK_S: tl.constexpr):
+    """Storage offsets and mask of the [BLOCK_S, GB, CG] tile at positions s0 .. s0 + BLOCK_S."""
+    s = s0 + tl.arange(0, BLOCK_S)
+    offs = sample + s.to(tl.int64)[:, None, None] * C + c[None, :, :]
+    mask = (s < s_hi)[:, None, None] & c_mask[None, :, :]
+    return offs, mask
+
+
+@triton.jit
+def _cl_channel_stats(x_ptr, sample, c, c_mask, emb, s_lo, s_hi, C, HAS_EMB: tl.constexpr, GB: tl.constexpr,
+                      CG: tl.constexpr, BLOCK_S: tl.constexpr):
+    """Per-channel (mean, M2) [GB, CG] of h over positions [s_lo, s_hi): each tile's exact mean and
+    sum of squared deviations merged into the running ones (Chan et al.), as the NCHW kernel does
+    per group; no E[h^2] - E[h]^2 cancellation."""
+    mean = tl.zeros((GB, CG), tl.float32)
+    m2 = tl.zeros((GB, CG), tl.float32)
+    count = 0.0
+    for s0 in range(s_lo, s_hi, BLOCK_S):
+        offs, mask = _cl_tile(sample, c, c_mask, s0, s_hi, C, BLOCK_S)
+        h = tl.where(mask, _load_h(x_ptr, offs, mask, emb, HAS_EMB), 0.0)
+        n_tile = tl.minimum(s_hi - s0, BLOCK_S).to(tl.float32)
+        tile_mean = tl.sum(h, axis=0) / n_tile
+        dev = tl.where(mask, h - tile_mean[None, :, :], 0.0)
+        total = count + n_tile
+        delta = tile_mean - mean
+        mean += delta * (n_tile / total)
+        m2 += tl.sum(dev * dev, axis=0) + delta * delta * (count * n_tile / total)
+        count = total
+    return mean, m2
+
+
+@triton.jit
+def _cl_group_stats(mean_c, m2_c, c_mask, positions, C_G: tl.constexpr):
+    """Per-group (mean, M2) [GB] from per-channel ones over the same ``positions``: the exact merge of
+    C_G equal-count parts, M2 = sum M2_c + positions * sum (mean_c - mean)^2."""
+    mean = tl.sum(tl.where(c_mask, mean_c, 0.0), axis=1) / C_G
+    spread = tl.where(c_mask, mean_c - mean[:, None], 0.0)
+    return mean, tl.sum(tl.where(c_mask, m2_c, 0.0), axis=1) + positions * tl.sum(spread * spread, axis=1)
+
+
+@triton.jit
+def _cl_apply(x_ptr, out_ptr, sample, c, c_mask, emb, mean, a, d, s_lo, s_hi, C, HAS_EMB: tl.constexpr,
+              SILU: tl.constexpr, BLOCK_S: tl.constexpr):
+    """y = act((h - mean) * a + d) over positions [s_lo, s_hi); mean, a, d: [1, GB, CG]."""
+    for s0 in range(s_lo, s_hi, BLOCK_S):
+        offs, mask = _cl_tile(sample, c, c_mask, s0, s_hi, C, BLOCK_S)
+        h = _load_h(x_ptr, offs, mask, emb, HAS_EMB)
+        tl.store(out_ptr + offs, _activate((h - mean) * a + d, SILU), mask=mask)
+
+
+@triton.jit
+def _cl_partials(bg, g_mask, k0, num_chunks, chunk, S, C_G: tl.constexpr, K_BLOCK: tl.constexpr):
+    """Workspace indices [GB, K_BLOCK] of chunks k0 .. k0 + K_BLOCK of the block's groups, their mask
+    and element counts n_k (0 where masked; the last chunk may be short)."""
+    kk = k0 + tl.arange(0, K_BLOCK)
+    k_mask = g_mask[:, None] & (kk < num_chunks)[None, :]
+    n_k = tl.where(k_mask, (tl.minimum(S - kk * chunk, chunk) * C_G).to(tl.float32)[None, :], 0.0)
+    return bg[:, None] * num_chunks + kk[None, :], k_mask, n_k
+
+
+@triton.jit
+def _group_norm_cl_fwd_kernel(
+    x_ptr,  # (B, H, W, C) storage (a channels_last (B, C, H, W) tensor), any float dtype
+    out_ptr,  # like x
+    weight_ptr,  # (C,) affine weight; unused unless HAS_WEIGHT
+    bias_ptr,  # (C,) affine bias; unused unless HAS_BIAS
+    emb_ptr,  # (B, C) contiguous prologue add; unused unless HAS_EMB
+    scale_ptr,  # (B, C) contiguous epilogue scale; unused unless HAS_SCALE
+    shift_ptr,  # (B, C) contiguous epilogue shift; unused unless HAS_SHIFT
+    mean_ptr,  # float32 (B * G,) out: group mean of h (PHASE 0 and 2)
+    rstd_ptr,  # float32 (B * G,) out: 1 / sqrt(var + eps) (PHASE 0 and 2)
+    part_mean_ptr,  # float32 (B * G, K) workspace: per-chunk group mean (PHASE 1 writes, 2 reads)
+    part_m2_ptr,  # float32 (B * G, K) workspace: per-chunk group M2
+    C,  # channels
+    S,  # spatial positions (H * W)
+    num_groups,  # G
+    num_chunks,  # K: chunks per (sample, group block); 1 for PHASE 0
+    chunk,  # positions per chunk (a multiple of BLOCK_S; S for PHASE 0)
+    eps,  # added to the variance
+    HAS_WEIGHT: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    HAS_EMB: tl.constexpr,
+    HAS_SCALE: tl.constexpr,
+    HAS_SHIFT: tl.constexpr,
+    SILU: tl.constexpr,
+    PHASE: tl.constexpr,  # 0: statistics and output; 1: partial statistics; 2: merge and output
+    SINGLE_TILE: tl.constexpr,  # PHASE 0 with S <= BLOCK_S (never set with PHASE 1 / 2): x read once
+    C_G: tl.constexpr,  # channels per group
+    GB: tl.constexpr,  # groups per program (a power of two; groups past G masked)
+    CG: tl.constexpr,  # C_G rounded up to a power of two
+    K_BLOCK: tl.constexpr,  # chunks' partials read at a time (PHASE 2; 1 otherwise)
+    BLOCK_S: tl.constexpr,
+):
+    b, k, s_lo, s_hi, g, g_mask, c, c_mask, bc, sample, emb = _cl_program(
+        emb_ptr, C, S, num_groups, num_chunks, chunk, HAS_EMB, C_G, GB, CG)
+    bg = b * num_groups + g  # [GB] rows of the (B * G) statistics
+    if SINGLE_TILE:
+        # Every position of the block's groups in one tile: exact two-pass statistics in registers.
+        offs, mask = _cl_tile(sample, c, c_mask, 0, S, C, BLOCK_S)
+        h = _load_h(x_ptr, offs, mask, emb, HAS_EMB)
+        count = S * C_G * 1.0  # * 1.0: S may be specialised to the constexpr 1
+        mean = tl.sum(tl.sum(tl.where(mask, h, 0.0), axis=2), axis=0) / count
+        dev = tl.where(mask, h - mean[None, :, None], 0.0)
+        rstd = 1.0 / tl.sqrt(tl.sum(tl.sum(dev * dev, axis=2), axis=0) / count + eps)
+        tl.store(mean_ptr + bg, mean, mask=g_mask)
+        tl.store(rstd_ptr + bg, rstd, mask=g_mask)
+        a, d = _channel_coefficients(weight_ptr, bias_ptr, scale_ptr, shift_ptr, c, bc, c_mask,
+                                     tl.zeros((GB, CG), tl.float32) + rstd[:, None],
+                                     HAS_WEIGHT, HAS_BIAS, HAS_SCALE, HAS_SHIFT)
+        tl.store(out_ptr + offs, _activate(dev * a[None, :, :] + d[None, :, :], SILU), mask=mask)
+    else:
+        if PHASE == 2:
+            # Merge the K chunks' partials: mean = sum n_k mean_k / N, then M2 = sum M2_k + n_k (mean_k - mean)^2,
+            # K_BLOCK chunks at a time into tile accumulators summed after each loop: every program of
+            # the block takes the same fixed order, so all agree bit for bit.
+            acc = tl.zeros((GB, K_BLOCK), tl.float32)
+            for k0 in range(0, num_chunks, K_BLOCK):
+                part, k_mask, n_k = _cl_partials(bg, g_mask, k0, num_chunks, chunk, S, C_G, K_BLOCK)
+                acc += n_k * tl.load(part_mean_ptr + part, mask=k_mask, other=0.0)
+            mean = tl.sum(acc, axis=1) / (S * C_G * 1.0)
+            acc = tl.zeros((GB, K_BLOCK), tl.float32)
+            for k0 in range(0, num_chunks, K_BLOCK):
+                part, k_mask, n_k = _cl_partials(bg, g_mask, k0, num_chunks, chunk, S, C_G, K_BLOCK)
+                spread = tl.where(k_mask, tl.load(part_mean_ptr + part, mask=k_mask, other=0.0) - mean[:, None], 0.0)
+                acc += tl.load(part_m2_ptr + part, mask=k_mask, other=0.0) + n_k * spread * spread
+            m2 = tl.sum(acc, axis=1)
+        else:
+            mean_c, m2_c = _cl_channel_stats(x_ptr, sample, c, c_mask, emb, s_lo, s_hi, C, HAS_EMB, GB, CG, BLOCK_S)
+            mean, m2 = _cl_group_stats(mean_c, m2_c, c_mask, (s_hi - s_lo) * 1.0, C_G)
+        if PHASE == 1:
+            tl.store(part_mean_ptr + bg * num_chunks + k, mean, mask=g_mask)
+            tl.store(part_m2_ptr + bg * num_chunks + k, m2, mask=g_mask)
+        else:
+            rstd = 1.0 / tl.sqrt(m2 / (S * C_G * 1.0) + eps)
+            first = g_mask & (tl.zeros_like(g) + k == 0)  # one program of the block writes the statistics
+            tl.store(mean_ptr + bg, mean, mask=first)
+            tl.store(rstd_ptr + bg, rstd, mask=first)
+            a, d = _channel_coefficients(weight_ptr, bias_ptr, scale_ptr, shift_ptr, c, bc, c_mask,
+                                         tl.zeros((GB, CG), tl.float32) + rstd[:, None],
+                                         HAS_WEIGHT, HAS_BIAS, HAS_SCALE, HAS_SHIFT)
+            _cl_apply(x_ptr, out_ptr, sample, c, c_mask, emb, mean[None, :, None], a[None, :, :], d[None, :, :],
+                      s_lo, s_hi, C, HAS_EMB, SILU, BLOCK_S)
+
+
+@triton.jit
+def _cl_group_terms(sum_dz, sum_dz_n, sum_n, k, rstd, c_mask, inv_n, S):
+    """(c1, c2) [GB] of dx and dL/demb [GB, CG] from the complete per-channel sums (see
+    _store_channel_sums; here rstd is per group, [GB])."""
+    c1 = tl.sum(tl.where(c_mask, k * sum_dz, 0.0), axis=1) * inv_n
+    c2 = tl.sum(tl.where(c_mask, k * sum_dz_n, 0.0), axis=1) * inv_n
+    d_emb = rstd[:, None] * (k * sum_dz - S * c1[:, None] - sum_n * c2[:, None])
+    return c1, c2, d_emb
+
+
+@triton.jit
+def _group_norm_cl_bwd_kernel(
+    x_ptr,  # (B, H, W, C) storage: the forward input, any float dtype
+    dy_ptr,  # like x: gradient of the output
+    dx_ptr,  # like x: out, gradient of x (= of h); PHASE 0 and 2
+    weight_ptr,  # (C,) affine weight; unused unless HAS_WEIGHT
+    bias_ptr,  # (C,) affine bias; unused unless HAS_BIAS and SILU
+    emb_ptr,  # (B, C) contiguous prologue add; unused unless HAS_EMB
+    scale_ptr,  # (B, C) contiguous epilogue scale; unused unless HAS_SCALE
+    shift_ptr,  # (B, C) contiguous epilogue shift; unused unless HAS_SHIFT and SILU
+    mean_ptr,  # float32 (B * G,) group means saved by the forward
+    rstd_ptr,  # float32 (B * G,) group rstd saved by the forward
+    sum_dz_ptr,  # float32 (B, C) out: sum over s of dz (PHASE 0 and 2)
+    sum_dz_n_ptr,  # float32 (B, C) out: sum over s of dz * n
+    d_emb_ptr,  # float32 (B, C) out: sum over s of dL/dh
+    part_dz_ptr,  # float32 (B * C, K) workspace: per-chunk sums of dz (PHASE 1 writes, 2 reads)
+    part_dz_n_ptr,  # float32 (B * C, K) workspace: per-chunk sums of dz * n
+    part_n_ptr,  # float32 (B * C, K) workspace: per-chunk sums of n
+    C,  # channels
+    S,  # spatial positions (H * W)
+    num_groups,  # G
+    num_chunks,  # K: chunks per (sample, group block); 1 for PHASE 0
+    chunk,  # positions per chunk (a multiple of BLOCK_S; S for PHASE 0)
+    HAS_WEIGHT: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    HAS_EMB: tl.constexpr,
+    HAS_SCALE: tl.constexpr,
+    HAS_SHIFT: tl.constexpr,
+    SILU: tl.constexpr,
+    PHASE: tl.constexpr,  # 0: sums and dx; 1: partial sums; 2: merge and dx
+    SINGLE_TILE: tl.constexpr,  # PHASE 0 with S <= BLOCK_S (never set with PHASE 1 / 2): x and dy read once
+    C_G: tl.constexpr,  # channels per group
+    GB: tl.constexpr,  # groups per program
+    CG: tl.constexpr,  # C_G rounded up to a power of two
+    K_BLOCK: tl.constexpr,  # chunks' partials read at a time (PHASE 2; 1 otherwise)
+    BLOCK_S: tl.constexpr,
+):
+    b, k_chunk, s_lo, s_hi, g, g_mask, c, c_mask, bc, sample, emb = _cl_program(
+        emb_ptr, C, S, num_groups, num_chunks, chunk, HAS_EMB, C_G, GB, CG)
+    bg = b * num_groups + g
+    mean = tl.load(mean_ptr + bg, mask=g_mask, other=0.0)[None, :, None]
+    rstd = tl.load(rstd_ptr + bg, mask=g_mask, other=0.0)
+    k, d = _channel_coefficients(weight_ptr, bias_ptr, scale_ptr, shift_ptr, c, bc, c_mask,
+                                 tl.full((GB, CG), 1.0, tl.float32),
+                                 HAS_WEIGHT, HAS_BIAS and SILU, HAS_SCALE, HAS_SHIFT and SILU)
+    inv_n = 1.0 / (C_G * S * 1.0)
+    rstd3 = rstd[None, :, None]
+    if SINGLE_TILE:
+        # Every position of the block's groups in one tile: x and dy read once.
+        offs, mask = _cl_tile(sample, c, c_mask, 0, S, C, BLOCK_S)
+        n, dz = _normalised_and_dz(x_ptr, dy_ptr, offs, mask, emb, mean, rstd3, k[None, :, :], d[None, :, :],
+                                   HAS_EMB, SILU)
+        sum_dz, sum_dz_n, sum_n = tl.sum(dz, axis=0), tl.sum(dz * n, axis=0), tl.sum(n, axis=0)
+        c1, c2, d_emb = _cl_group_terms(sum_dz, sum_dz_n, sum_n, k, rstd, c_mask, inv_n, S)
+        tl.store(sum_dz_ptr + bc, sum_dz, mask=c_mask)
+        tl.store(sum_dz_n_ptr + bc, sum_dz_n, mask=c_mask)
+        tl.store(d_emb_ptr + bc, d_emb, mask=c_mask)
+        dx = rstd3 * (dz * k[None, :, :] - c1[None, :, None] - n * c2[None, :, None])
+        tl.store(dx_ptr + offs, dx, mask=mask)
+    else:
+        if PHASE == 2:
+            # The K chunks' per-channel sums, K_BLOCK chunks at a time in the same fixed order in
+            # every program of the block.
+            acc_dz = tl.zeros((GB, CG, K_BLOCK), tl.float32)
+            acc_dz_n = tl.zeros((GB, CG, K_BLOCK), tl.float32)
+            acc_n = tl.zeros((GB, CG, K_BLOCK), tl.float32)
+            for k0 in range(0, num_chunks, K_BLOCK):
+                kk = k0 + tl.arange(0, K_BLOCK)
+                part = bc[:, :, None] * num_chunks + kk[None, None, :]
+                part_mask = c_mask[:, :, None] & (kk < num_chunks)[None, None, :]
+                acc_dz += tl.load(part_dz_ptr + part, mask=part_mask, other=0.0)
+                acc_dz_n += tl.load(part_dz_n_ptr + part, mask=part_mask, other=0.0)
+                acc_n += tl.load(part_n_ptr + part, mask=part_mask, other=0.0)
+            sum_dz, sum_dz_n, sum_n = tl.sum(acc_dz, axis=2), tl.sum(acc_dz_n, axis=2), tl.sum(acc_n, axis=2)
+        else:
+            # Tile-shaped accumulators summed after the loop: triton 3.6's OptimizeThreadLocality
+            # pass asserts (loopResult.hasOneUse()) on an in-loop tl.sum of a raw load whose loop
+            # result has several uses (see _group_norm_bwd_kernel).
+            acc_dz = tl.zeros((BLOCK_S, GB, CG), tl.float32)
+            acc_dz_n = tl.zeros((BLOCK_S, GB, CG), tl.float32)
+            acc_n = tl.zeros((BLOCK_S, GB, CG), tl.float32)
+            for s0 in range(s_lo, s_hi, BLOCK_S):
+                offs, mask = _cl_tile(sample, c, c_mask, s0, s_hi, C, BLOCK_S)
+                n, dz = _normalised_and_dz(x_ptr, dy_ptr, offs, mask, emb, mean, rstd3, k[None, :, :],
+                                           d[None, :, :], HAS_EMB, SILU)
+                acc_dz += dz
+                acc_dz_n += dz * n
+                acc_n += n
+            sum_dz, sum_dz_n, sum_n = tl.sum(acc_dz, axis=0), tl.sum(acc_dz_n, axis=0), tl.sum(acc_n, axis=0)
+        if PHASE == 1:
+            part = bc * num_chunks + k_chunk
+            tl.store(part_dz_ptr + part, sum_dz, mask=c_mask)
+            tl.store(part_dz_n_ptr + part, sum_dz_n, mask=c_mask)
+            tl.store(part_n_ptr + part, sum_n, mask=c_mask)
+        else:
+            c1, c2, d_emb = _cl_group_terms(sum_dz, sum_dz_n, sum_n, k, rstd, c_mask, inv_n, S)
+            first = c_mask & (tl.zeros_like(c) + k_chunk == 0)  # one program of the block writes the per-channel sums
+            tl.store(sum_dz_ptr + bc, sum_dz, mask=first)
+            tl.store(sum_dz_n_ptr + bc, sum_dz_n, mask=first)
+            tl.store(d_emb_ptr + bc, d_emb, mask=first)
+            # dx over this program's positions, recomputing n and dz from x and dy.
+            for s0 in range(s_lo, s_hi, BLOCK_S):
+                offs, mask = _cl_tile(sample, c, c_mask, s0, s_hi, C, BLOCK_S)
+                n, dz = _normalised_and_dz(x_ptr, dy_ptr, offs, mask, emb, mean, rstd3, k[None, :, :],
+                                           d[None, :, :], HAS_EMB, SILU)
+                dx = rstd3 * (dz * k[None, :, :] - c1[None, :, None] - n * c2[None, :, None])
+                tl.store(dx_ptr + offs, dx, mask=mask)
 
 
 def _geometry(x: torch.Tensor, num_groups: int) -> tuple:
@@ -317,6 +655,35 @@ def _flags(weight, bias, emb, scale, shift, silu: bool) -> dict:
                 HAS_SCALE=scale is not None, HAS_SHIFT=shift is not None, SILU=silu)
 
 
+def _cl_geometry(x: torch.Tensor, num_groups: int) -> dict:
+    """Launch geometry of the channels_last kernels for x (B, C, H, W) in NHWC storage: the
+    constexprs C_G, GB, CG, BLOCK_S, and the split (num_chunks K, chunk positions) with the grid."""
+    B, C = x.shape[:2]
+    S = x.numel() // (B * C)
+    c_g = C // num_groups
+    cg = triton.next_power_of_2(c_g)
+    gb = max(1, min(triton.next_power_of_2(num_groups), CL_CHANNELS // cg))
+    block_s = max(1, min(triton.next_power_of_2(S), CL_TILE // (gb * cg)))
+    if triton.next_power_of_2(S) * gb * cg <= TILE:  # the whole block in one tile of up to TILE: x read once
+        block_s = triton.next_power_of_2(S)
+    blocks = B * triton.cdiv(num_groups, gb)
+    tiles = triton.cdiv(S, block_s)
+    chunks, chunk = 1, S
+    if blocks < SPLIT_MIN_PROGRAMS and tiles > 1:
+        # Enough chunks to bring the grid to SPLIT_MIN_PROGRAMS, each a whole number of tiles.
+        chunk = triton.cdiv(tiles, min(tiles, triton.cdiv(SPLIT_MIN_PROGRAMS, blocks))) * block_s
+        chunks = triton.cdiv(S, chunk)
+    # PHASE 2 reads the partials of K_BLOCK chunks at a time: a [GB, CG, K_BLOCK] tile of at most 1024.
+    k_block = max(1, min(triton.next_power_of_2(chunks), 1024 // (gb * cg)))
+    return dict(C=C, S=S, C_G=c_g, GB=gb, CG=cg, BLOCK_S=block_s, grid=(blocks * chunks,), num_chunks=chunks,
+                chunk=chunk, K_BLOCK=k_block, SINGLE_TILE=chunks == 1 and S <= block_s)
+
+
+def _channels_last(x: torch.Tensor) -> bool:
+    # The op hands over a contiguous x or a 4-D channels_last one (see _geometry).
+    return x.dim() == 4 and not x.is_contiguous()
+
+
 def forward(x: torch.Tensor, weight, bias, emb, scale, shift, num_groups: int, eps: float, silu: bool,
             out: torch.Tensor, mean: torch.Tensor, rstd: torch.Tensor) -> None:
     """Launch the forward on a non-empty x, contiguous or 4-D channels_last; ``out`` shares x's strides.
@@ -324,23 +691,66 @@ def forward(x: torch.Tensor, weight, bias, emb, scale, shift, num_groups: int, e
     weight, bias: contiguous (C,) or None; emb, scale, shift: contiguous (B, C) or None (x's dtype);
     mean, rstd: float32 (B, G) outputs.
     """
+    operands = (_or(weight, x), _or(bias, x), _or(emb, x), _or(scale, x), _or(shift, x))
+    if _channels_last(x):
+        _forward_channels_last(x, operands, num_groups, eps, _flags(weight, bias, emb, scale, shift, silu),
+                               out, mean, rstd)
+        return
     C, S, stride_c, stride_s, cpg, block_c, block_s = _geometry(x, num_groups)
     _group_norm_fwd_kernel[(x.shape[0] * num_groups,)](
-        x, out, _or(weight, x), _or(bias, x), _or(emb, x), _or(scale, x), _or(shift, x), mean, rstd,
+        x, out, *operands, mean, rstd,
         C, S, stride_c, stride_s, cpg, num_groups, eps,
         **_flags(weight, bias, emb, scale, shift, silu), SINGLE_TILE=S <= block_s, BLOCK_C=block_c, BLOCK_S=block_s,
         num_warps=4,
     )
 
 
+def _forward_channels_last(x, operands, num_groups, eps, flags, out, mean, rstd) -> None:
+    geo = _cl_geometry(x, num_groups)
+    K = geo["num_chunks"]
+    args = (geo["C"], geo["S"], num_groups, K, geo["chunk"], eps)
+    consts = dict(flags, SINGLE_TILE=geo["SINGLE_TILE"], C_G=geo["C_G"], GB=geo["GB"], CG=geo["CG"],
+                  BLOCK_S=geo["BLOCK_S"], num_warps=8)
+    if K == 1:
+        _group_norm_cl_fwd_kernel[geo["grid"]](x, out, *operands, mean, rstd, mean, rstd, *args,
+                                               PHASE=0, K_BLOCK=1, **consts)
+        return
+    part = torch.empty((2, x.shape[0] * num_groups, K), device=x.device, dtype=torch.float32)
+    for phase in (1, 2):
+        _group_norm_cl_fwd_kernel[geo["grid"]](x, out, *operands, mean, rstd, part[0], part[1], *args,
+                                               PHASE=phase, K_BLOCK=geo["K_BLOCK"] if phase == 2 else 1, **consts)
+
+
 def backward(dy: torch.Tensor, x: torch.Tensor, weight, bias, emb, scale, shift, mean: torch.Tensor,
              rstd: torch.Tensor, num_groups: int, silu: bool, dx: torch.Tensor, sum_dz: torch.Tensor,
              sum_dz_n: torch.Tensor, d_emb: torch.Tensor) -> None:
     """Launch the backward; dy and dx share x's strides; sum_dz, sum_dz_n, d_emb: float32 (B, C) outputs."""
+    operands = (_or(weight, x), _or(bias, x), _or(emb, x), _or(scale, x), _or(shift, x))
+    if _channels_last(x):
+        _backward_channels_last(dy, x, operands, mean, rstd, num_groups, _flags(weight, bias, emb, scale, shift, silu),
+                                dx, sum_dz, sum_dz_n, d_emb)
+        return
     C, S, stride_c, stride_s, cpg, block_c, block_s = _geometry(x, num_groups)
     _group_norm_bwd_kernel[(x.shape[0] * num_groups,)](
-        x, dy, dx, _or(weight, x), _or(bias, x), _or(emb, x), _or(scale, x), _or(shift, x), mean, rstd,
+        x, dy, dx, *operands, mean, rstd,
         sum_dz, sum_dz_n, d_emb, C, S, stride_c, stride_s, cpg, num_groups,
         **_flags(weight, bias, emb, scale, shift, silu), SINGLE_TILE=S <= block_s, BLOCK_C=block_c, BLOCK_S=block_s,
         num_warps=8,
     )
+
+
+def _backward_channels_last(dy, x, operands, mean, rstd, num_groups, flags, dx, sum_dz, sum_dz_n, d_emb) -> None:
+    geo = _cl_geometry(x, num_groups)
+    K = geo["num_chunks"]
+    args = (geo["C"], geo["S"], num_groups, K, geo["chunk"])
+    consts = dict(flags, SINGLE_TILE=geo["SINGLE_TILE"], C_G=geo["C_G"], GB=geo["GB"], CG=geo["CG"],
+                  BLOCK_S=geo["BLOCK_S"], num_warps=8)
+    outs = (dx, *operands, mean, rstd, sum_dz, sum_dz_n, d_emb)
+    if K == 1:
+        _group_norm_cl_bwd_kernel[geo["grid"]](x, dy, *outs, sum_dz, sum_dz_n, d_emb, *args, PHASE=0, K_BLOCK=1,
+                                               **consts)
+        return
+    part = torch.empty((3, x.shape[0] * geo["C"], K), device=x.device, dtype=torch.float32)
+    for phase in (1, 2):
+        _group_norm_cl_bwd_kernel[geo["grid"]](x, dy, *outs, part[0], part[1], part[2], *args,
+                                               PHASE=phase, K_BLOCK=geo["K_BLOCK"] if phase == 2 else 1, **consts)

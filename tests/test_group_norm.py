@@ -165,6 +165,105 @@ def test_large_group_streams_through_tiles(impl):
         assert err <= 2 * (tor.double() - ref).abs().max().item() + 1e-5, f"{name}: error {err:.3g}"
 
 
+# --- channels_last kernels: [BLOCK_S, GB, CG] tiles, unsplit and split (two-phase) --------------------
+
+# (shape, num_groups): channels per group c_g = 1, 3, 16, 40 (one lane per group; a ragged
+# power-of-two row; a whole 16-lane row per group; 40 of 64 lanes), batch 1 and 2, spatial sizes
+# that are no multiple of any block.
+CL_CASES = [
+    pytest.param((2, 16, 5, 7), 16, id="cg1"),
+    pytest.param((1, 6, 9, 11), 2, id="cg3-B1"),
+    pytest.param((2, 48, 5, 3), 3, id="cg16"),
+    pytest.param((1, 80, 7, 5), 2, id="cg40-B1"),
+]
+# (SPLIT_MIN_PROGRAMS, CL_TILE): 0 never splits (a large batch's launch); 3 splits these 1-2 program
+# launches into 2-3 chunks of several tiles; a huge one into one-tile chunks (many partials). A
+# small CL_TILE cuts these shapes into several tiles, the last tile and chunk ragged.
+CL_PATHS = {"single-tile": (0, 4096), "streaming": (0, 128), "split": (3, 128), "split-1-tile-chunks": (1 << 30, 64)}
+
+
+def force_channels_last_path(monkeypatch, path):
+    from fastgen.kernels import group_norm as kernel
+
+    threshold, tile = CL_PATHS[path]
+    monkeypatch.setattr(kernel, "SPLIT_MIN_PROGRAMS", threshold)
+    monkeypatch.setattr(kernel, "CL_TILE", tile)
+    monkeypatch.setattr(kernel, "TILE", tile)  # the single-tile bound
+    return kernel
+
+
+@pytest.mark.parametrize("impl", triton_only())
+@pytest.mark.parametrize("path", list(CL_PATHS))
+@pytest.mark.parametrize("shape,num_groups", CL_CASES)
+def test_channels_last_paths_match_reference(impl, path, shape, num_groups, monkeypatch):
+    """Every channels_last kernel path, every operand and gradient, against the float64 reference."""
+    kernel = force_channels_last_path(monkeypatch, path)
+    x, opts = make_inputs(shape, True, torch.float32)
+    geo = kernel._cl_geometry(x, num_groups)
+    split, single = geo["num_chunks"] > 1, geo["SINGLE_TILE"]
+    assert (split, single) == (path.startswith("split"), path == "single-tile"), geo  # the path asked for
+    if path == "split":
+        assert geo["chunk"] > geo["BLOCK_S"], geo  # chunks of several tiles
+    dy = torch.randn(shape, device=device())
+    out, grads = run(lambda *a, **k: group_norm(*a, **k, impl=impl), x, opts, num_groups, "silu", dy, INPUTS)
+    want, want_grads = run(group_norm_ref, *upcast(x, opts), num_groups, "silu", dy.float(), INPUTS)
+    assert out.stride() == x.stride()
+    check(out, want, torch.float32, "output")
+    for name in INPUTS:
+        check(grads[name], want_grads[name], torch.float32, f"grad {name}")
+
+
+@pytest.mark.parametrize("impl", triton_only())
+@pytest.mark.parametrize("path", ["streaming", "split"])
+def test_channels_last_far_from_zero_mean(impl, path, monkeypatch):
+    """Per-channel Chan merges across tiles and chunks keep float32 statistics of a group whose
+    mean (30) is 60 standard deviations from zero: within 2x torch's float32 error of float64."""
+    force_channels_last_path(monkeypatch, path)
+    x = (torch.randn(1, 12, 33, 31, device=device()) * 0.5 + 30.0).to(memory_format=torch.channels_last)
+    dy = torch.randn_like(x)
+    out, grads = run(lambda *a, **k: group_norm(*a, **k, impl=impl), x, {}, 3, "silu", dy, ("x",))
+    want, want_grads = run(group_norm_ref, x.double(), {}, 3, "silu", dy.double(), ("x",))
+    yard, yard_grads = run(torch_same_dtype, x, {}, 3, "silu", dy, ("x",))
+    for got, ref, tor, name in [(out, want, yard, "output"), (grads["x"], want_grads["x"], yard_grads["x"], "grad x")]:
+        err = (got.double() - ref).abs().max().item()
+        assert err <= 2 * (tor.double() - ref).abs().max().item() + 1e-5, f"{name}: error {err:.3g}"
+
+
+@pytest.mark.parametrize("impl", triton_only())
+def test_channels_last_split_is_deterministic_and_second_order_works(impl, monkeypatch):
+    """The split path gives bit-identical results on a rerun (fixed merge order, no atomics), and a
+    gradient penalty through it matches the reference."""
+    force_channels_last_path(monkeypatch, "split")
+    x, opts = make_inputs((1, 6, 9, 11), True, torch.float32)
+    dy = torch.randn(1, 6, 9, 11, device=device())
+    first = run(lambda *a, **k: group_norm(*a, **k, impl=impl), x, opts, 2, "silu", dy, INPUTS)
+    again = run(lambda *a, **k: group_norm(*a, **k, impl=impl), x, opts, 2, "silu", dy, INPUTS)
+    assert torch.equal(first[0], again[0]) and all(torch.equal(first[1][n], again[1][n]) for n in INPUTS)
+
+    def penalty_grads(fn):
+        leaves = [x.detach().requires_grad_(True)] + [opts[k].detach().requires_grad_(True) for k in OPTIONS]
+        out = fn(leaves[0], 2, leaves[1], leaves[2], emb=leaves[3], scale=leaves[4], shift=leaves[5], activation="silu")
+        grads = torch.autograd.grad(out, leaves, dy, create_graph=True)
+        return torch.autograd.grad(sum((g * g).sum() for g in grads), leaves)
+
+    for name, g, w in zip(INPUTS, penalty_grads(lambda *a, **k: group_norm(*a, **k, impl=impl)),
+                          penalty_grads(group_norm_ref)):
+        check(g, w, torch.float32, f"second-order grad {name}")
+
+
+def test_channels_last_split_fills_the_gpu_only_for_small_batches():
+    """Sampling one 320-channel 64x64 image is cut into chunks to about SPLIT_MIN_PROGRAMS programs;
+    a training batch of 256 is not split. Reads stay whole row segments of 64 channels."""
+    from fastgen.kernels import group_norm as kernel
+
+    one = kernel._cl_geometry(torch.empty(1, 320, 64, 64, device="meta").to(memory_format=torch.channels_last), 32)
+    assert one["GB"] * one["CG"] == kernel.CL_CHANNELS and one["num_chunks"] > 1
+    assert kernel.SPLIT_MIN_PROGRAMS // 2 <= one["grid"][0] <= 2 * kernel.SPLIT_MIN_PROGRAMS
+    assert one["chunk"] % one["BLOCK_S"] == 0 and (one["num_chunks"] - 1) * one["chunk"] < 64 * 64
+    batch = kernel._cl_geometry(torch.empty(256, 128, 32, 32, device="meta").to(memory_format=torch.channels_last), 32)
+    assert batch["num_chunks"] == 1 and batch["grid"][0] >= kernel.SPLIT_MIN_PROGRAMS
+
+
 def test_gradcheck_and_gradgradcheck_float64():
     x = torch.randn(2, 4, 3, 3, dtype=torch.float64, requires_grad=True)
     params = [torch.randn(4, dtype=torch.float64, requires_grad=True) for _ in range(2)] + \
@@ -596,14 +695,28 @@ def test_auto_offers_the_cuda_kernel_only_an_nhwc_x(monkeypatch):
     offered = []
     resolve = _impl.resolve
 
-    def spy(op, impl, device, available, dtype):
-        offered.append(available)
-        return resolve(op, impl, device, available, dtype)
+    def spy(op, impl, device, available, dtype, layout=None):
+        offered.append((available, layout))
+        return resolve(op, impl, device, available, dtype, layout)
 
     monkeypatch.setattr(_impl, "resolve", spy)
     group_norm(torch.randn(2, 6, 3, 3), 3)
     group_norm(torch.randn(2, 6, 3, 3).to(memory_format=torch.channels_last), 3)
-    assert "cuda" not in offered[0] and "cuda" in offered[1]
+    assert "cuda" not in offered[0][0] and "cuda" in offered[1][0]
+    assert [layout for _, layout in offered] == ["nchw", "channels_last"]
+
+
+def test_auto_picks_per_layout_from_the_table(monkeypatch):
+    """fastgen/_impl.py AUTO_ORDER_BY_OP's (group_norm, cuda, layout) rows decide "auto" on CUDA: Triton
+    for both layouts until a GPU measurement flips the channels_last row (the table says which)."""
+    monkeypatch.setattr(_impl, "unavailable_reason", lambda impl, device: None)
+    both, any_layout = ("triton", "cuda", "reference"), ("triton", "reference")
+    assert _impl._resolve_cached("group_norm", "auto", "cuda", 0, both, "channels_last") == "triton"
+    assert _impl._resolve_cached("group_norm", "auto", "cuda", 0, any_layout, "nchw") == "triton"
+    flipped = ("cuda", "triton", "reference")
+    monkeypatch.setitem(_impl.AUTO_ORDER_BY_OP, ("group_norm", "cuda", "channels_last"), flipped)
+    assert _impl._resolve_cached("group_norm", "auto", "cuda", 0, both, "channels_last") == "cuda"
+    assert _impl._resolve_cached("group_norm", "auto", "cuda", 0, any_layout, "nchw") == "triton"
 
 
 def _binding_parameters(function: str) -> list[str]:

@@ -11,7 +11,7 @@ from .upfirdn2d import upfirdn2d, upfirdn2d_ref
 from .vq_nearest import vq_nearest, vq_nearest_ref
 from .sampling_step import NUM_COEFS, sampling_step, sampling_step_ref
 
-__all__ = ["add_noise", "add_noise_ref", "diffusion_loss", "diffusion_loss_ref", "sampling_step", "sampling_step_ref", "NUM_COEFS",
-           "ddpm_step", "ddim_step", "dpmpp_2m_step", "group_norm", "group_norm_ref", "interpolate",
-           "grad_sum_of_squares", "penalty_from_grad", "attention", "attention_ref", "bias_act", "bias_act_ref", "upfirdn2d",
-           "upfirdn2d_ref", "vq_nearest", "vq_nearest_ref"]
+__all__ = ["add_noise", "add_noise_ref", "diffusion_loss", "diffusion_loss_ref", "sampling_step", "sampling_step_ref",
+           "NUM_COEFS", "ddpm_step", "ddim_step", "dpmpp_2m_step", "group_norm", "group_norm_ref", "interpolate",
+           "grad_sum_of_squares", "penalty_from_grad", "attention", "attention_ref", "bias_act", "bias_act_ref",
+           "upfirdn2d", "upfirdn2d_ref", "vq_nearest", "vq_nearest_ref"]

@@ -18,8 +18,10 @@ runs the forward's.
 The CUDA kernel reads NHWC storage only (coalesced along C, after NVIDIA's NHWC GroupNorm): with
 ``impl="cuda"`` an x that is not 4-D channels_last raises ImplUnavailableError naming the layout
 it needs, rather than being copied to channels_last (a hidden transpose of x, y and both gradients)
-or routed to another kernel than the one asked for. ``"auto"`` runs triton on CUDA tensors, any
-layout: the CUDA kernel is not yet measured against it.
+or routed to another kernel than the one asked for. ``"auto"`` picks per layout from the table
+``fastgen._impl.AUTO_ORDER_BY_OP`` (("group_norm", "cuda", "channels_last") and (..., "nchw")):
+triton for both today, as no GPU has timed the CUDA kernel against it yet; the table names the
+benchmark rows that would flip the channels_last row.
 
 Backward of the kernel path: with n, z the values before and after the epilogue and dz = dL/dz,
 
@@ -29,7 +31,8 @@ Backward of the kernel path: with n, z the values before and after the epilogue 
     dL/dweight = sum_{b,s} (1 + scale) dz n;  dL/dbias = sum_{b,s} (1 + scale) dz
 
 The per-(b, c) sums come whole from the backward kernel (Triton: one program owns a group of one
-sample; CUDA: per-chunk partial sums merged in chunk order, no atomics); the sums over the batch
+sample, or for a small channels_last batch per-chunk partial sums added in a fixed order by a
+second launch; CUDA: per-chunk partial sums merged in chunk order; no atomics either way); the sums over the batch
 are then taken in torch, in a fixed order. Under ``create_graph=True`` (a
 gradient penalty) the backward is instead recomputed through the reference with autograd, so it
 is itself differentiable to any order.
@@ -265,7 +268,8 @@ def group_norm(x: torch.Tensor, num_groups: int, weight: torch.Tensor | None = N
             f"{tuple(x.shape)} with strides {x.stride()}: pass x.to(memory_format=torch.channels_last), or use "
             f"impl='triton' / 'auto', which take any layout")
     # "auto" never lands on the CUDA kernel with an x it cannot read (say triton failed to import).
-    chosen = _impl.resolve("group_norm", impl, x.device, IMPLS if nhwc else _IMPLS_ANY_LAYOUT, x.dtype)
+    chosen = _impl.resolve("group_norm", impl, x.device, IMPLS if nhwc else _IMPLS_ANY_LAYOUT, x.dtype,
+                           "channels_last" if nhwc else "nchw")
     if chosen == "reference" or B == 0:  # an empty batch launches nothing: the reference returns it
         return group_norm_ref(x, num_groups, weight, bias, eps, emb=emb, scale=scale, shift=shift,
                               activation=activation)
