@@ -78,21 +78,23 @@ def test_chunking_does_not_change_the_answer(chunk):
 def test_reference_memory_stays_within_its_chunk():
     """Peak RSS of the chunked reference vs the N x K matrix it avoids (a scaled-down N=262144, K=8192)."""
     script = textwrap.dedent("""
-        import json, resource, torch
+        import json, torch
         from fastgen.ops import vq_nearest_ref
         torch.set_num_threads(1)
         torch.manual_seed(0)
         x, c = torch.randn(16384, 16), torch.randn(4096, 16)  # N x K float32 = 256 MiB
         vq_nearest_ref(x[:64], c[:64])
-        rss = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # MiB (Linux reports KiB)
+        def peak_rss():  # MiB: VmHWM, the high-water mark that /proc/self/clear_refs resets
+            with open("/proc/self/status") as f:
+                return next(int(line.split()[1]) for line in f if line.startswith("VmHWM")) / 1024
         def peak_growth(fn):
-            # ru_maxrss is the process's high-water mark: an import that peaked higher than the
-            # measurement would hide it, so reset the mark to the current RSS first (Linux >= 4.0)
+            # a high-water mark: an import that peaked higher than the measurement would hide it, so
+            # reset the mark to the current RSS first (Linux >= 4.0; getrusage's ru_maxrss never resets)
             with open("/proc/self/clear_refs", "w") as f:
                 f.write("5")
-            before = rss()
+            before = peak_rss()
             fn()
-            return rss() - before
+            return peak_rss() - before
         chunked = peak_growth(lambda: vq_nearest_ref(x, c, chunk_elements=1 << 20))  # 4 MiB tiles
         full = peak_growth(lambda: vq_nearest_ref(x, c, chunk_elements=x.shape[0] * c.shape[0]))  # one N x K tile
         print(json.dumps({"chunked": chunked, "full": full}))
