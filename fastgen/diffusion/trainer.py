@@ -28,7 +28,7 @@ import torch
 import torch.nn as nn
 
 from .. import checkpoint
-from .._io import check_writable, progress_bar
+from .._fit import fit_windowed
 from .._validate import check_int
 from .sampler import philox_seed
 from .sampler import sample as sample_loop
@@ -283,47 +283,15 @@ class DiffusionTrainer:
         Returns one record per logging point: {"step": the trainer's step count, "loss": the mean
         loss over the steps since the last record, "grad_norm": their mean pre-clip norm}.
         """
-        steps = check_int("steps", steps, 0)
-        log_every = check_int("log_every", log_every, 1)
-        if checkpoint_every is not None:
-            checkpoint_every = check_int("checkpoint_every", checkpoint_every, 1)
-            if checkpoint_path is None:
-                raise ValueError("checkpoint_every needs checkpoint_path")
-        if checkpoint_path is not None:
-            check_writable(checkpoint_path, "checkpoint_path")  # now, not after hours of training
         conditional = getattr(self.model, "num_classes", None) is not None
-        history: list[dict] = []
-        window: list[dict[str, torch.Tensor]] = []
-        checkpointed_at = None
-        iterator = iter(batches)
-        bar = progress_bar(progress, steps, "diffusion training")
-        try:
-            for i in range(steps):
-                try:
-                    batch = next(iterator)
-                except StopIteration:
-                    raise ValueError(f"batches ran out after {i} of {steps} steps") from None
-                x0, y = (batch[0], batch[1] if conditional else None) if isinstance(batch, (tuple, list)) \
-                    else (batch, None)
-                window.append(self._step(x0, y))
-                if len(window) == log_every or i == steps - 1:
-                    means = {k: torch.stack([w[k] for w in window]).float().mean() for k in window[0]}
-                    record = {"step": self.step, **dict(zip(means, torch.stack(list(means.values())).tolist()))}
-                    history.append(record)
-                    window.clear()
-                    if bar is not None:
-                        bar.set_postfix({k: f"{v:.4g}" for k, v in record.items() if k != "step"}, refresh=False)
-                if bar is not None:
-                    bar.update(1)
-                if checkpoint_every is not None and self.step % checkpoint_every == 0:
-                    self.save_checkpoint(checkpoint_path)
-                    checkpointed_at = self.step
-        finally:
-            if bar is not None:
-                bar.close()
-        if checkpoint_path is not None and checkpointed_at != self.step:
-            self.save_checkpoint(checkpoint_path)
-        return history
+
+        def step(batch):
+            x0, y = (batch[0], batch[1] if conditional else None) if isinstance(batch, (tuple, list)) \
+                else (batch, None)
+            return self._step(x0, y)
+
+        return fit_windowed(self, step, batches, steps, description="diffusion training", progress=progress,
+                            checkpoint_path=checkpoint_path, checkpoint_every=checkpoint_every, log_every=log_every)
 
     # --- sampling -------------------------------------------------------------------------------------
 

@@ -26,7 +26,7 @@ import torch
 import torch.nn as nn
 
 from .. import checkpoint
-from .._io import check_writable, progress_bar
+from .._fit import fit_windowed
 from .._validate import check_int
 from ..gan import losses as gan_losses
 from ..models.autoencoder import Autoencoder
@@ -190,44 +190,9 @@ class VAETrainer:
         Returns one record per logging point: {"step", and the mean of each train_step value since
         the previous record}.
         """
-        steps = check_int("steps", steps, 0)
-        log_every = check_int("log_every", log_every, 1)
-        if checkpoint_every is not None:
-            checkpoint_every = check_int("checkpoint_every", checkpoint_every, 1)
-            if checkpoint_path is None:
-                raise ValueError("checkpoint_every needs checkpoint_path")
-        if checkpoint_path is not None:
-            check_writable(checkpoint_path, "checkpoint_path")  # now, not after hours of training
-        history: list[dict] = []
-        window: list[dict[str, torch.Tensor]] = []
-        checkpointed_at = None
-        iterator = iter(batches)
-        bar = progress_bar(progress, steps, "VAE training")
-        try:
-            for i in range(steps):
-                try:
-                    batch = next(iterator)
-                except StopIteration:
-                    raise ValueError(f"batches ran out after {i} of {steps} steps") from None
-                window.append(self._step(batch[0] if isinstance(batch, (tuple, list)) else batch))
-                if len(window) == log_every or i == steps - 1:
-                    means = torch.stack([torch.stack([w[k] for w in window]).float().mean() for k in window[0]])
-                    record = {"step": self.step, **dict(zip(window[0], means.tolist()))}
-                    history.append(record)
-                    window.clear()
-                    if bar is not None:
-                        bar.set_postfix({k: f"{v:.4g}" for k, v in record.items() if k != "step"}, refresh=False)
-                if bar is not None:
-                    bar.update(1)
-                if checkpoint_every is not None and self.step % checkpoint_every == 0:
-                    self.save_checkpoint(checkpoint_path)
-                    checkpointed_at = self.step
-        finally:
-            if bar is not None:
-                bar.close()
-        if checkpoint_path is not None and checkpointed_at != self.step:
-            self.save_checkpoint(checkpoint_path)
-        return history
+        return fit_windowed(self, lambda batch: self._step(batch[0] if isinstance(batch, (tuple, list)) else batch),
+                            batches, steps, description="VAE training", progress=progress,
+                            checkpoint_path=checkpoint_path, checkpoint_every=checkpoint_every, log_every=log_every)
 
     # --- checkpoints ----------------------------------------------------------------------------------
 
