@@ -38,11 +38,26 @@ constexpr int kCoefs = 16;  // NUM_COEFS
 constexpr int kMaxHistory = 4;
 enum Col : int { PX, PM, EX, EM, E0, OX, O0, OE, H1, H2, H3, H4, SZ, SX, S0, SE };
 
+// A coefficient with the mask that makes c * v exactly 0 where c == 0: an operand the row does not
+// use may be infinite (a float16 overflow in the model output), and 0 * inf = NaN would poison a
+// result diffusers keeps finite. The mask (all ones, or zero where c == 0) is ANDed into v's bits:
+// an integer AND vectorises everywhere, while the select `c != 0 ? c * v : 0` left GCC 12 -O3 a
+// scalar loop with a branch per term in some instantiations (DPM-Solver++ 2M with state: 1.3 ms
+// instead of ~100 us at 64x3x64x64).
+struct Coef {
+  float c;
+  uint32_t keep;
+  Coef(float value = 0.0f) : c(value), keep(value != 0.0f ? 0xFFFFFFFFu : 0u) {}
+  bool nonzero() const { return keep != 0u; }
+};
+
+inline float term(const Coef& k, float v) { return k.c * detail::bits_to_float(detail::float_to_bits(v) & k.keep); }
+
 // A row in the form the loop evaluates (eps folded in, see the top of this file).
 struct Row {
-  float px, pm;      // x0 = px x + pm m, clamped
-  float a, b, c;     // out = a x + b m + c x0 (+ history + sz z)
-  float sa, sb, sc;  // state = sa x + sb m + sc x0
+  Coef px, pm;      // x0 = px x + pm m, clamped
+  Coef a, b, c;     // out = a x + b m + c x0 (+ history + sz z)
+  Coef sa, sb, sc;  // state = sa x + sb m + sc x0
   float sz;
   bool x0;           // whether out or state reads x0
 
@@ -52,7 +67,7 @@ struct Row {
     a = fold(r[OX], oe, ex); b = fold(0.0f, oe, em); c = fold(r[O0], oe, e0);
     sa = state ? fold(r[SX], se, ex) : 0.0f; sb = state ? fold(0.0f, se, em) : 0.0f;
     sc = state ? fold(r[S0], se, e0) : 0.0f;
-    x0 = c != 0.0f || sc != 0.0f;
+    x0 = c.nonzero() || sc.nonzero();
   }
   // own + via * e, exactly `own` where the eps path is unused (via or e zero)
   static float fold(float own, double via, double e) {
@@ -62,9 +77,6 @@ struct Row {
 
 struct None {};  // the element type of an absent operand: the loop compiles it away
 
-// c * v, but exactly 0 where c == 0: an operand the row does not use may be infinite (a float16
-// overflow in the model output), and 0 * inf = NaN would poison a result diffusers keeps finite.
-inline float term(float c, float v) { return c != 0.0f ? c * v : 0.0f; }
 
 // The fused loop over [0, n): x, m, one history slot h weighted by hc (P = None when absent) and
 // z (N = None when absent) -> out (O: the sample's dtype T, or float32 for a tile that more
@@ -73,7 +85,7 @@ inline float term(float c, float v) { return c != 0.0f ? c * v : 0.0f; }
 // one branch-free loop serves both.
 template <typename T, typename P, typename N, typename O, bool kState, bool kX0>
 inline void core(const Row& c, float clip, const T* __restrict__ x, const T* __restrict__ m,
-                 const P* __restrict__ h, float hc, const N* __restrict__ z, O* __restrict__ out,
+                 const P* __restrict__ h, Coef hc, const N* __restrict__ z, O* __restrict__ out,
                  float* __restrict__ state, int64_t n) {
 #pragma omp simd
   for (int64_t i = 0; i < n; ++i) {
@@ -96,14 +108,14 @@ inline void core(const Row& c, float clip, const T* __restrict__ x, const T* __r
 
 // acc += coef * h over a tile.
 template <typename P>
-inline void add_history(float* __restrict__ acc, const P* __restrict__ h, float coef, int64_t n) {
+inline void add_history(float* __restrict__ acc, const P* __restrict__ h, Coef coef, int64_t n) {
 #pragma omp simd
   for (int64_t i = 0; i < n; ++i) acc[i] += term(coef, to_float(h[i]));
 }
 
 // out = acc + coef * h over a tile, in the sample's dtype: the last history slot.
 template <typename T, typename P>
-inline void add_history_store(const float* __restrict__ acc, const P* __restrict__ h, float coef,
+inline void add_history_store(const float* __restrict__ acc, const P* __restrict__ h, Coef coef,
                               T* __restrict__ out, int64_t n) {
 #pragma omp simd
   for (int64_t i = 0; i < n; ++i) out[i] = from_float<T>(acc[i] + term(coef, to_float(h[i])));
@@ -135,7 +147,7 @@ inline void first(const Args& a, const Row& c, const float* r, const N* z, int64
   float* state = kState ? a.state + at : nullptr;
   const History& h = a.hist;
   const P* h0 = h.count ? static_cast<const P*>(h.ptr[0]) + at : nullptr;
-  const float hc = h.count ? r[h.col[0]] : 0.0f;
+  const Coef hc(h.count ? r[h.col[0]] : 0.0f);
   if (h.count <= 1) {
     if (c.x0) core<T, P, N, T, kState, true>(c, a.clip, x, m, h0, hc, z, static_cast<T*>(a.out) + at, state, k);
     else core<T, P, N, T, kState, false>(c, a.clip, x, m, h0, hc, z, static_cast<T*>(a.out) + at, state, k);
@@ -154,7 +166,7 @@ inline void tile(const Args& a, const Row& c, const float* r, const N* z, int64_
   else first<T, T, N, kState>(a, c, r, z, at, k, acc);
   T* out = static_cast<T*>(a.out) + at;
   for (int s = 1; s < h.count; ++s) {
-    const float coef = r[h.col[s]];
+    const Coef coef(r[h.col[s]]);
     const bool last = s == h.count - 1;
     if (h.f32[s]) {
       const float* p = static_cast<const float*>(h.ptr[s]) + at;
