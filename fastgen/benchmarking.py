@@ -34,6 +34,7 @@ import shlex
 import statistics
 import subprocess
 import sys
+import time
 from typing import Callable, Iterable
 
 import torch
@@ -219,11 +220,11 @@ class Comparison:
         if repeats < 1:
             raise ValueError(f"repeats must be >= 1, got {repeats}")
         timings: dict[int, list[Timing]] = {k: [] for k, e in enumerate(self._entries) if e[1] is not None}
-        load_before = _load()
+        load_before, cpu_before = _load(), _cpu_snapshot()
         for _ in range(repeats):
             for k in timings:
                 timings[k].append(time_fn(self._entries[k][1], self.device, **self.timing))
-        busy = _busy_note(self.device, load_before, _load())
+        busy = _busy_note(self.device, load_before, _load(), other_cpu_share(cpu_before, _cpu_snapshot()))
         rows = []
         for k, (impl, fn, nbytes, note) in enumerate(self._entries):
             if fn is None:
@@ -248,9 +249,52 @@ def _load() -> float | None:
     return os.getloadavg()[0] if hasattr(os, "getloadavg") else None
 
 
-def _busy_note(device, before: float | None, after: float | None) -> str:
-    """A note when other work shared the CPU during a CPU measurement (1-minute load above half the cores)."""
-    if torch.device(device).type != "cpu" or before is None or after is None:
+# a CPU row says "machine busy" when other processes took more than this share of the machine's
+# CPU time while it was timed
+BUSY_SHARE = 0.1
+
+
+def _cpu_snapshot() -> tuple[float, float, float] | None:
+    """(CPU seconds the whole machine has been busy, CPU seconds of this process — every thread —,
+    wall seconds) now; None where /proc/stat does not exist (not Linux)."""
+    try:
+        with open("/proc/stat") as f:
+            fields = f.readline().split()
+    except OSError:
+        return None
+    if not fields or fields[0] != "cpu" or len(fields) < 9:
+        return None
+    # user nice system idle iowait irq softirq steal: everything but idle and iowait is busy; steal
+    # is time a hypervisor gave to other machines, which this one's timings lose as well
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in fields[1:9])
+    busy = (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+    return busy, time.process_time(), time.perf_counter()
+
+
+def other_cpu_share(before, after) -> float | None:
+    """Share of the machine's CPU time (0..1, over all its cores) that processes other than this
+    one used between two :func:`_cpu_snapshot` readings; None without them.
+
+    Unlike the load average, this does not count the benchmark's own threads: a 2-thread CPU
+    benchmark on a 2-core machine holds the 1-minute load at ~2 by itself."""
+    if before is None or after is None or after[2] <= before[2]:
+        return None
+    machine = after[0] - before[0]
+    own = after[1] - before[1]
+    return max(0.0, machine - own) / ((after[2] - before[2]) * (os.cpu_count() or 1))
+
+
+def _busy_note(device, before: float | None, after: float | None, other_share: float | None = None) -> str:
+    """A note when other work shared the CPU during a CPU measurement: other processes' share of the
+    CPU time while it ran above :data:`BUSY_SHARE` (where /proc/stat exists), else a 1-minute load
+    above half the cores (which also counts the benchmark's own threads)."""
+    if torch.device(device).type != "cpu":
+        return ""
+    if other_share is not None:
+        if other_share > BUSY_SHARE:
+            return f"machine busy: other processes used {other_share:.0%} of the CPUs while this was timed"
+        return ""
+    if before is None or after is None:
         return ""
     if max(before, after) > 0.5 * (os.cpu_count() or 1):
         return f"machine busy: 1-min load {before:.1f} before, {after:.1f} after"

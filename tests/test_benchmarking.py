@@ -193,6 +193,7 @@ def test_rows_say_when_they_are_noisy_or_the_machine_was_busy(monkeypatch):
     spreads = iter([B.Timing(1.0, 0.95, 1.05, 10), B.Timing(1.0, 0.6, 1.4, 10)])
     monkeypatch.setattr(B, "time_fn", lambda fn, device, **kw: next(spreads))
     monkeypatch.setattr(B.os, "getloadavg", lambda: (64.0, 0.0, 0.0))
+    monkeypatch.setattr(B, "_cpu_snapshot", lambda: None)  # no /proc/stat: the load average decides
     cmp = B.Comparison("g", baseline="steady", device="cpu")
     cmp.add("steady", lambda: None)
     cmp.add("jumpy", lambda: None, note="mine")
@@ -204,3 +205,28 @@ def test_rows_say_when_they_are_noisy_or_the_machine_was_busy(monkeypatch):
     quiet = B.Comparison("g", baseline="steady", device="cpu")
     quiet.add("steady", lambda: None)
     assert quiet.run()[0].note == ""
+
+
+def test_busy_counts_other_processes_cpu_time_not_the_benchmarks_own(monkeypatch):
+    monkeypatch.setattr(B.os, "cpu_count", lambda: 2)
+    # 1 s of wall time on 2 cores; the machine was busy 2.0 CPU seconds, 1.9 of them this process's
+    # own threads: others took 0.1 of 2.0 CPU seconds
+    assert B.other_cpu_share((10.0, 5.0, 100.0), (12.0, 6.9, 101.0)) == pytest.approx(0.05)
+    assert B.other_cpu_share((10.0, 5.0, 100.0), (11.0, 6.5, 101.0)) == 0.0  # jiffy rounding: never < 0
+    assert B.other_cpu_share(None, (1.0, 1.0, 1.0)) is None
+    # a benchmark holding both cores itself is not "busy" (its load average would be ~2)
+    assert B._busy_note("cpu", 2.0, 2.0, 0.05) == ""
+    assert B._busy_note("cpu", 2.0, 2.0, 0.4) == "machine busy: other processes used 40% of the CPUs while this was timed"
+    assert B._busy_note("cuda", 2.0, 2.0, 0.4) == ""
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/stat"), reason="needs Linux's /proc/stat")
+def test_cpu_snapshot_sees_this_process_working():
+    before = B._cpu_snapshot()
+    end = time.perf_counter() + 0.2
+    while time.perf_counter() < end:
+        pass
+    after = B._cpu_snapshot()
+    assert after[1] - before[1] >= 0.15  # this process's CPU seconds
+    assert after[0] - before[0] >= 0.1  # the machine's busy seconds include them (10 ms jiffies)
+    assert 0.0 <= B.other_cpu_share(before, after) <= 1.0
