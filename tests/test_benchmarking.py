@@ -230,3 +230,25 @@ def test_cpu_snapshot_sees_this_process_working():
     assert after[1] - before[1] >= 0.15  # this process's CPU seconds
     assert after[0] - before[0] >= 0.1  # the machine's busy seconds include them (10 ms jiffies)
     assert 0.0 <= B.other_cpu_share(before, after) <= 1.0
+
+
+def _thread_pinning_script():
+    import importlib.util
+
+    path = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "run_thread_pinning.py")
+    spec = importlib.util.spec_from_file_location("run_thread_pinning", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_thread_pinning_summary_is_the_spread_of_round_medians():
+    script = _thread_pinning_script()
+    rows = [dict(config="default", workload="DDIM step", median_s=m) for m in (1.0, 3.0, 2.0)]
+    rows += [dict(config="bind-close", workload="DDIM step", median_s=5.0)]
+    summary = {(s["config"], s["workload"]): s for s in script._summaries(rows)}
+    assert summary["default", "DDIM step"]["median_of_rounds_s"] == 2.0
+    assert summary["default", "DDIM step"]["round_spread"] == 3.0 and summary["default", "DDIM step"]["rounds"] == 3
+    assert summary["bind-close", "DDIM step"]["round_spread"] == 1.0
+    with pytest.raises(SystemExit):
+        script.main(["--rounds", "0"])
