@@ -56,7 +56,7 @@ stage_build() {
     run build_inplace env MAX_JOBS="${MAX_JOBS:-16}" python3 setup.py build_ext --inplace
     export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
   fi
-  python3 -c "import fastgen, torch; from fastgen import _native; print('torch', torch.__version__, 'cuda ext:', _native.cuda_load_error() or 'loaded')"
+  python3 -c "import fastgen, torch; from fastgen import _native; print('torch', torch.__version__, 'cuda ext:', _native.cuda_load_error() or 'loaded', 'cpu kernels:', _native.cpu_library_info())"
 }
 
 stage_tests() {

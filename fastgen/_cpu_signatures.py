@@ -23,6 +23,8 @@ SIGNATURES = {
     # mode, pred_dtype, x_dtype, pred, x0, noise, t, t_stride, abar, num_train, rng, scale, batch, per_sample,
     # grad_pred, grad_x0
     "fastgen_diffusion_loss_bwd_cpu": [_INT, _INT, _INT, _P, _P, _P, _P, _I64, _P, _I64, _P, _P, _I64, _I64, _P, _P],
+    # from_dtype, to_dtype, in, out, n: the kernels' element conversions (tests/test_cpu_isa.py)
+    "fastgen_convert_cpu": [_INT, _INT, _P, _P, _I64],
 }
 
 DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}

@@ -372,6 +372,8 @@ def provenance(device: torch.device | str, *, label: str = "", command: str | No
 
     No host name or user name is recorded. ``label`` is free text (e.g. "2-core CI CPU machine").
     """
+    from . import _native  # the C++ CPU library loaded: which ISA level (baseline / avx2 / avx512) ran
+
     device = torch.device(device)
     return {
         "label": label,
@@ -387,6 +389,7 @@ def provenance(device: torch.device | str, *, label: str = "", command: str | No
         "triton": package_version("triton"),
         "diffusers": package_version("diffusers"),
         "fastgen": package_version("fastgen"),
+        "cpu_kernels": _native.cpu_library_info(),
         "python": platform.python_version(),
         "platform": f"{platform.system()} {platform.machine()}",
         "git_commit": git_commit(),

@@ -34,25 +34,26 @@ inline Sample sample_coefs(const int64_t* t, int64_t t_stride, const float* abar
 }
 
 // d = pred - target for flat indices [i, i + n) into d[0..n). FULL (n == kLanes) gives the compiler
-// fixed-length loops to vectorise; the tail of a chunk takes FULL = false.
+// fixed-length loops to vectorise; the tail of a chunk takes FULL = false. 16-bit operands are
+// converted a block at a time first (dtypes.h floats_of: F16C where the library has it).
 template <int MODE, bool FULL, typename P, typename X>
 inline void residual_block(const P* pred, const X* x0, const X* noise, uint64_t seed, uint64_t offset, Sample s,
                            int64_t i, int n, float* d) {
   const int m = FULL ? kLanes : n;
-  float eps[kLanes];
+  float eps_buf[kLanes], x0_buf[kLanes], pred_buf[kLanes];
+  const float* eps = eps_buf;
   if (MODE != kSample) {
-    if (noise) {
-      for (int j = 0; j < m; ++j) eps[j] = to_float(noise[i + j]);
-    } else {
-      philox_normal_block(seed, offset + static_cast<uint64_t>(i), m, eps);
-    }
+    if (noise) eps = floats_of(noise + i, m, eps_buf);
+    else philox_normal_block(seed, offset + static_cast<uint64_t>(i), m, eps_buf);
   }
+  const float* x = MODE != kEpsilon ? floats_of(x0 + i, m, x0_buf) : nullptr;
+  const float* p = floats_of(pred + i, m, pred_buf);
   for (int j = 0; j < m; ++j) {
     float target;
     if (MODE == kEpsilon) target = eps[j];
-    else if (MODE == kSample) target = to_float(x0[i + j]);
-    else target = s.a_sig * eps[j] - s.a_noise * to_float(x0[i + j]);
-    d[j] = to_float(pred[i + j]) - target;
+    else if (MODE == kSample) target = x[j];
+    else target = s.a_sig * eps[j] - s.a_noise * x[j];
+    d[j] = p[j] - target;
   }
 }
 
@@ -84,14 +85,12 @@ void loss_forward(const P* pred, const X* x0, const X* noise, const int64_t* t, 
     for (; i + kLanes <= end; i += kLanes) {
       residual_block<MODE, true>(pred, x0, noise, seed, offset, s, i, kLanes, d);
       for (int j = 0; j < kLanes; ++j) lane[j] += d[j] * d[j];
-      if (residual)
-        for (int j = 0; j < kLanes; ++j) residual[i + j] = from_float<P>(d[j]);
+      if (residual) store_floats(d, kLanes, residual + i);
     }
     const int tail = static_cast<int>(end - i);
     residual_block<MODE, false>(pred, x0, noise, seed, offset, s, i, tail, d);
     for (int j = 0; j < tail; ++j) lane[j] += d[j] * d[j];
-    if (residual)
-      for (int j = 0; j < tail; ++j) residual[i + j] = from_float<P>(d[j]);
+    if (residual) store_floats(d, tail, residual + i);
     float total = 0.0f;
     for (int j = 0; j < kLanes; ++j) total += lane[j];
     partial[job] = total;
@@ -116,9 +115,13 @@ void loss_backward(const P* pred, const X* x0, const X* noise, const int64_t* t,
     const float neg_a = MODE == kSample ? -1.0f : s.a_noise;
     float d[kLanes];
     auto write = [&](int64_t i, int n) {
-      for (int j = 0; j < n; ++j) grad_pred[i + j] = from_float<P>(g * d[j]);
-      if (grad_x0)
-        for (int j = 0; j < n; ++j) grad_x0[i + j] = from_float<X>(neg_a * (g * d[j]));
+      float grad[kLanes];
+      for (int j = 0; j < n; ++j) grad[j] = g * d[j];
+      store_floats(grad, n, grad_pred + i);
+      if (grad_x0) {
+        for (int j = 0; j < n; ++j) grad[j] = neg_a * grad[j];
+        store_floats(grad, n, grad_x0 + i);
+      }
     };
     int64_t i = begin;
     for (; i + kLanes <= end; i += kLanes) {

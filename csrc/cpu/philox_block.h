@@ -13,6 +13,8 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "../dtypes.h"  // detail::bits_to_float / float_to_bits
+
 #if defined(__AVX512F__)
 #include <immintrin.h>
 #endif
@@ -24,9 +26,6 @@ constexpr int kPhiloxCalls = 32;  // Philox calls per block: 2 AVX-512 registers
 constexpr int kNormalBlock = 4 * kPhiloxCalls - 3;
 
 namespace detail {
-
-inline float bits_to_float(uint32_t u) { float f; memcpy(&f, &u, 4); return f; }
-inline uint32_t float_to_bits(float f) { uint32_t u; memcpy(&u, &f, 4); return u; }
 
 // log(x) for a positive normal float x. Range reduction x = m * 2^e with m in [sqrt(1/2), sqrt(2)),
 // then the degree-9 minimax polynomial of Cephes' logf (S. L. Moshier, Cephes Math Library 2.x),
