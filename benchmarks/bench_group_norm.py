@@ -3,8 +3,9 @@ forward + backward: fastgen per implementation vs eager torch (F.group_norm + F.
 torch.compile of the same math, NCHW and channels_last.
 
 Shapes: 256x128x32x32 and 256x256x16x16 (training batches) and 1x320x64x64 (sampling one
-Stable-Diffusion-sized image: 32 (sample, group) pairs, the case of the channels_last kernels'
-split reduction) with 32 groups by default. FASTGEN_BENCH_SHAPE (the
+Stable-Diffusion-sized image: 32 (sample, group) pairs, the case of the split reduction in both
+layouts: kernels/group_norm.py's SPLIT_MIN_PROGRAMS; its nchw and channels_last rows time the split
+kernels) with 32 groups by default. No GPU has run these rows yet. FASTGEN_BENCH_SHAPE (the
 suite's knob, e.g. ``4,8,8,8``) replaces them with that one shape; FASTGEN_BENCH_GN_GROUPS
 (default 32) sets the group count, reduced to gcd(groups, C) where it does not divide C (so
 4,8,8,8 runs 8 groups). FASTGEN_BENCH_DTYPE and FASTGEN_BENCH_DEVICE as in _suite.py.

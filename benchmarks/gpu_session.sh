@@ -14,9 +14,13 @@
 #            GroupNorm, attention vs SDPA backends, sampler overhead, the GAN D step and penalty ops
 #   models   bias_act, upfirdn2d, vq_nearest, the StyleGAN2 training step, fastgen bench generate
 #   unet     the DDPM CIFAR-10 U-Net vs diffusers, batch 256, eager and compiled, fp32 and bf16
+#   tune     every tile candidate of kernels/tuning.py timed at the shapes that matter
+#            (benchmarks/tune_tiles.py: elementwise + GroupNorm, then attention + vq_nearest, float32
+#            and bfloat16); results/tiles_<device>_*.{json,csv} and results/tiles.json, the committed
+#            table with this GPU's winners merged in: review it, then copy it over kernels/tiles.json
 #
 # Each stage is sized to finish well inside one 10-minute device call (unet the longest); call
-# e.g. `build tests`, then `build kernels`, then `build models`, then `build unet`. Output: $OUT (the device tool's
+# e.g. `build tests`, then `build kernels`, then `build models`, then `build unet`, then `build tune`. Output: $OUT (the device tool's
 # folder) or ./gpu_out — result CSV/JSON with provenance, logs — to copy into benchmarks/results/.
 #
 # Wheels for a machine that cannot reach a package index (run here, in the repo root):
@@ -88,15 +92,26 @@ stage_models() {
   run bench_generate python3 -m fastgen.cli bench generate --device cuda --repeats 3 --out "$results" --label "$LABEL"
 }
 
+# Compiling the candidates (some hundreds of kernels on a bare machine) may take most of this stage.
+stage_tune() {
+  local results="$OUT_DIR/results"
+  mkdir -p "$results"
+  cp kernels/tiles.json "$results/tiles.json"
+  run tune_elementwise_group_norm python3 benchmarks/tune_tiles.py --families elementwise group_norm \
+      --out "$results" --label "$LABEL" --write-table "$results/tiles.json"
+  run tune_attention_vq python3 benchmarks/tune_tiles.py --families attention vq_nearest \
+      --out "$results" --label "$LABEL" --write-table "$results/tiles.json"
+}
+
 stage_unet() {
   run unet python3 benchmarks/run_unet.py --device cuda --out "$OUT_DIR/results" --label "$LABEL"
 }
 
-[ "$#" -gt 0 ] || { sed -n 2,25p "$0"; exit 2; }
+[ "$#" -gt 0 ] || { sed -n 2,29p "$0"; exit 2; }
 for stage in "$@"; do
   case "$stage" in
-    build|tests|kernels|models|unet) "stage_$stage" ;;
-    *) echo "unknown stage '$stage' (build, tests, kernels, models, unet)"; exit 2 ;;
+    build|tests|kernels|models|unet|tune) "stage_$stage" ;;
+    *) echo "unknown stage '$stage' (build, tests, kernels, models, unet, tune)"; exit 2 ;;
   esac
 done
 exit $status

@@ -1,8 +1,12 @@
 """Compile every Triton kernel launch of fastgen's ops for a GPU, without a GPU: registers, shared
 memory and spills per launch configuration.
 
-    python benchmarks/triton_compile_report.py [--arch 90 80] [--quick] [--out benchmarks/results]
+    python benchmarks/triton_compile_report.py [--arch 90 80] [--quick | --candidates] [--out benchmarks/results]
                                                [--label TEXT] [--no-write]
+
+``--candidates`` compiles, instead of the ops' launches, every tile candidate of kernels/tuning.py
+(each family's candidates at the sizes that select them, float32 and bfloat16; see
+benchmarks/triton_compile_candidates.py): a candidate that fails here must leave tuning.py's lists.
 
 The interpreter (TRITON_INTERPRET=1, the CPU test tier) runs a kernel's Python but never lowers it:
 a type error in a loop-carried value, a layout the backend cannot lower, a tile that needs more
@@ -154,27 +158,30 @@ def cases(quick: bool):
         # (10 x 64 x 64, Stable Diffusion's 320 channels), NCHW and channels_last, every option on and off.
         # channels_last runs its unsplit kernels (PHASE 0: a training batch, forced here by a split
         # threshold of 0) and the split pair (PHASE 1 / 2: batch 1, e.g. sampling one image), plus
-        # awkward channels per group (1 and 40: one lane per group, a 64-lane row 40 wide).
+        # awkward channels per group (1 and 40: one lane per group, a 64-lane row 40 wide). "NCHW split":
+        # NCHW at batch 1 under the module's own SPLIT_MIN_PROGRAMS, so the split pair (PHASE 1 / 2)
+        # compiles with the chunk count and K_BLOCK a sampler's launch gets (Cg = 10, 1 and 40).
         unet = (((2, 128, 32, 32), 32), ((2, 512, 8, 8), 32), ((2, 96, 7, 7), 32), ((2, 320, 64, 64), 32))
         gn_cases = [(shape, groups, layout) for shape, groups in unet
                     for layout in ("NCHW", "channels_last", "channels_last split")]
         gn_cases += [((2, 512, 4, 4), 32, "channels_last"), ((1, 320, 64, 64), 32, "channels_last split"),
                      ((1, 32, 24, 24), 32, "channels_last split"), ((2, 80, 24, 24), 2, "channels_last"),
-                     ((1, 80, 24, 24), 2, "channels_last split")]
+                     ((1, 80, 24, 24), 2, "channels_last split"), ((1, 320, 64, 64), 32, "NCHW split"),
+                     ((1, 32, 128, 128), 32, "NCHW split"), ((1, 80, 24, 24), 2, "NCHW split")]
         if quick:  # every NCHW shape; channels_last's single-tile, streaming and split kernels
             gn_cases = [case for case in gn_cases if case[2] == "NCHW" or (case[0], case[2]) in (
                 ((2, 512, 8, 8), "channels_last"), ((2, 128, 32, 32), "channels_last"),
-                ((1, 320, 64, 64), "channels_last split"))]
+                ((1, 320, 64, 64), "channels_last split"), ((1, 320, 64, 64), "NCHW split"))]
         for shape, groups, layout in gn_cases:
             def gn(shape=shape, groups=groups, layout=layout, dtype=dtype):
                 from fastgen.kernels import group_norm as gn_kernel
 
                 x = torch.randn(shape).to(dtype)
-                x = x.to(memory_format=torch.channels_last) if layout != "NCHW" else x
+                x = x.to(memory_format=torch.channels_last) if layout.startswith("channels_last") else x
                 B, C = shape[:2]
                 full = dict(emb=torch.randn(B, C).to(dtype), scale=torch.randn(B, C).to(dtype),
                             shift=torch.randn(B, C).to(dtype), activation="silu")
-                threshold = 1 << 30 if layout.endswith("split") else 0
+                threshold = {"NCHW split": gn_kernel.SPLIT_MIN_PROGRAMS, "channels_last split": 1 << 30}.get(layout, 0)
                 with mock.patch.object(gn_kernel, "SPLIT_MIN_PROGRAMS", threshold):
                     for options in ({}, full):
                         xg = x.clone().requires_grad_(True)
@@ -222,8 +229,9 @@ def cases(quick: bool):
         yield f"upfirdn2d {name}", upfirdn
 
 
-def record(quick: bool) -> list[Launch]:
-    """Run :func:`cases` with recorders in place of the kernels; distinct launches, first seen first."""
+def record(quick: bool, case_list=None) -> list[Launch]:
+    """Run :func:`cases` (or ``case_list``'s (label, thunk) pairs) with recorders in place of the
+    kernels; distinct launches, first seen first."""
     sink, case = [], [""]
     kernels = list(_launched_kernels())
     originals = [(m, n, getattr(m, n)) for m, n, _ in kernels]
@@ -236,7 +244,7 @@ def record(quick: bool) -> list[Launch]:
         for module, name, fn in kernels:
             setattr(module, name, _Recorder(fn, sink, case))
         with mock.patch.object(_impl, "unavailable_reason", allow_triton):
-            for label, thunk in cases(quick):
+            for label, thunk in (cases(quick) if case_list is None else case_list):
                 case[0] = label
                 thunk()
     finally:
@@ -340,6 +348,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--arch", type=int, nargs="+", default=[90, 80], help="compute capabilities, e.g. 90 80")
     parser.add_argument("--quick", action="store_true", help="fewer dtypes and shapes (the CI test)")
+    parser.add_argument("--candidates", action="store_true",
+                        help="compile every tile candidate of kernels/tuning.py instead of the ops' launches")
     parser.add_argument("--max-spill-bytes", type=int, default=64,
                         help="spill stores + loads per thread above which a launch fails")
     parser.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
@@ -349,9 +359,18 @@ def main(argv=None) -> int:
     unknown = [a for a in args.arch if a not in SHARED_LIMIT]
     if unknown:
         parser.error(f"--arch must be among {sorted(SHARED_LIMIT)}, got {unknown}")
+    if args.quick and args.candidates:
+        parser.error("--quick and --candidates are separate reports; pass one")
     MAX_SPILL_BYTES[0] = args.max_spill_bytes
     torch.manual_seed(0)
-    launches = record(args.quick)
+    if args.candidates:
+        from triton_compile_candidates import candidate_cases, check_forced
+
+        case_list = list(candidate_cases())
+        launches = record(False, case_list)
+        check_forced(launches)  # every candidate really launched with its config
+    else:
+        launches = record(args.quick)
     print(f"{len(launches)} distinct launches; compiling for sm_{', sm_'.join(map(str, args.arch))} ...", flush=True)
     rows = [compile_launch(launch, arch) for arch in args.arch for launch in launches]
     print(format_table(rows))
@@ -362,7 +381,8 @@ def main(argv=None) -> int:
         prov = benchmarking.provenance("cpu", label=args.label, command=shlex.join(
             ["python", "benchmarks/triton_compile_report.py"] + list(argv)))
         prov.update(triton=triton.__version__, fastgen=fastgen.__version__, targets=[f"sm_{a}" for a in args.arch])
-        stem = "triton_compile_sm" + "_sm".join(map(str, args.arch)) + ("_quick" if args.quick else "")
+        stem = ("triton_compile_candidates_sm" if args.candidates else "triton_compile_sm") + "_sm".join(
+            map(str, args.arch)) + ("_quick" if args.quick else "")
         print("results: " + ", ".join(write(rows, prov, args.out, stem)))
     return 1 if failed else 0
 

@@ -1,6 +1,7 @@
 """The ``fastgen`` command line. ``fastgen bench diffusion`` benchmarks the diffusion ops;
 ``fastgen generate`` writes one image per seed (:mod:`fastgen.generation`), ``fastgen bench generate``
-times it against the diffusers pipeline loop (:mod:`fastgen.generation.bench`).
+times it against the diffusers pipeline loop (:mod:`fastgen.generation.bench`); ``fastgen tiles``
+says which tile a Triton kernel launches with and why (kernels/tuning.py).
 
     fastgen bench diffusion [--device cpu|cuda] [--shape 256,3,32,32] [--dtype float32]
                             [--steps 50] [--out benchmarks/results] [--quick] [--no-compile]
@@ -370,6 +371,14 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--out", default="benchmarks/results", help="directory for the CSV/JSON results")
     g.add_argument("--label", default="", help="free-text description of the machine, stored in the results")
     _add_generate_parser(sub)
+    t = sub.add_parser("tiles", help="which tile each Triton kernel launches with, and why (kernels/tuning.py)")
+    t.add_argument("kernel", nargs="*", help="kernel names (default: all); see fastgen.kernels.tuning.KERNELS")
+    t.add_argument("--dtype", choices=tuple(DTYPES), default="float32")
+    t.add_argument("--size", type=int, default=None,
+                   help="what selects the tile: elements per sample (elementwise), per (sample, group) (GroupNorm), "
+                        "the head dim (attention), D (vq_nearest); default a DDPM CIFAR-10 U-Net size per family")
+    t.add_argument("--device", default=None,
+                   help="cuda, cuda:1, cpu, or a GPU as the table names it (\"NVIDIA H200\", sm_90); default the current one")
     from .metrics.cli import add_metrics_parser
     add_metrics_parser(sub)  # `fastgen metrics fid|stats` (fastgen.metrics.cli); sets args.handler
     from .train.cli import add_train_parser
@@ -459,6 +468,23 @@ def bench_diffusion(args, argv: list[str]) -> int:
     return 0
 
 
+def explain_tiles(args) -> int:
+    """Print tuning.explain's line per kernel: the config and which rule chose it."""
+    from .kernels import tuning
+
+    # per family, a size of the DDPM CIFAR-10 U-Net: a 3x32x32 sample, a 4x32x32 group, one 256-wide head
+    sizes = {"elementwise": 3072, "group_norm": 4096, "group_norm_cl": 4096, "attention": 256, "vq_nearest": 64}
+    try:
+        for kernel in args.kernel or list(tuning.KERNELS):
+            family = tuning.KERNELS.get(kernel)
+            size = args.size if args.size is not None else sizes[family.name] if family else 1
+            print(tuning.explain(kernel, args.dtype, size, device=args.device))
+    except ValueError as exc:
+        print(f"fastgen tiles: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = _parser().parse_args(argv)
@@ -468,6 +494,8 @@ def main(argv: list[str] | None = None) -> int:
         return bench_generate(args, argv)
     if args.command == "generate":
         return run_generate(args, argv)
+    if args.command == "tiles":
+        return explain_tiles(args)
     if args.command == "metrics":
         return args.handler(args, argv)
     if args.command == "train":

@@ -4,7 +4,7 @@ import triton
 import triton.language as tl
 
 from .philox import philox_normal_block
-from .tiling import launch_shape, sample_chunk
+from .tiling import launch_tiled, sample_chunk
 
 
 @triton.jit
@@ -41,10 +41,11 @@ def _add_noise_kernel(
 
 def add_noise(x0: torch.Tensor, noise, t: torch.Tensor, abar: torch.Tensor, rng, out: torch.Tensor) -> None:
     """Launch on batch-major dense tensors sharing strides; ``noise`` or ``rng`` is None."""
-    batch, per_sample, block, chunks = launch_shape(x0)
     generate = noise is None
-    _add_noise_kernel[(batch * chunks,)](
-        x0, x0 if generate else noise, out, t, t.stride(0), abar, abar.numel(),
-        rng if generate else t, per_sample, chunks,
-        GENERATE_NOISE=generate, BLOCK=block, num_warps=4,
-    )
+
+    def launch(grid, per_sample, chunks, config):
+        _add_noise_kernel[grid](
+            x0, x0 if generate else noise, out, t, t.stride(0), abar, abar.numel(),
+            rng if generate else t, per_sample, chunks, GENERATE_NOISE=generate, **config,
+        )
+    launch_tiled("add_noise", x0, launch)

@@ -41,6 +41,8 @@ import torch
 import triton
 import triton.language as tl
 
+from . import tuning
+
 # log2(e): the host folds it into the scale; inside the kernels it is a literal (a jit function sees
 # no plain Python globals).
 LOG2E = math.log2(math.e)
@@ -318,8 +320,9 @@ def _bwd_dq_kernel(
 # and spill no registers on either architecture. The earlier dtype-blind (128, 64) / (128, 32) /
 # (64, 32) tiles spilled kilobytes per thread in float32 (its exact "ieee" dot runs on CUDA cores
 # and holds its operands in registers), overflowed shared memory at D = 256 in float32, and
-# spilled in the 16-bit dK/dV kernel at D = 64 and 128. Free of spills is not tuned: the fastest
-# tile is for a GPU benchmark to find (benchmarks/bench_attention.py).
+# spilled in the 16-bit dK/dV kernel at D = 64 and 128. Free of spills is not tuned: these are the
+# defaults of kernels/tuning.py, whose table (measured by benchmarks/tune_tiles.py on a GPU) or
+# autotuning may pick another of its compile-checked candidates.
 # The backward's dK/dV kernel keeps a K/V tile resident and streams Q / dO tiles past it, so it
 # takes (BLOCK_N, BLOCK_M) of its entry: the roles swap, as in FlashAttention-2.
 _TILES = {
@@ -342,9 +345,13 @@ def tile_config(head_dim: int, dtype: torch.dtype, backward: bool = False) -> tu
     return next(config for bound, config in table if head_dim <= bound)
 
 
-def _config(head_dim: int, dtype: torch.dtype, backward: bool, blocks: tuple[int, int] | None) -> tuple[int, int, int]:
-    block_m, block_n, warps = tile_config(head_dim, dtype, backward)  # validates head_dim in any case
-    return (block_m, block_n, warps) if blocks is None else (*blocks, warps)
+def _config(q: torch.Tensor, backward: bool, blocks: tuple[int, int] | None, launch) -> dict:
+    """BLOCK_M, BLOCK_N, num_warps of a pass: tuning.choose's, or ``blocks`` with the default's warps."""
+    head_dim = q.shape[-1]
+    block_m, block_n, warps = tile_config(head_dim, q.dtype, backward)  # validates head_dim in any case
+    if blocks is not None:
+        return {"BLOCK_M": blocks[0], "BLOCK_N": blocks[1], "num_warps": warps}
+    return tuning.choose("attention_backward" if backward else "attention_forward", q, head_dim, bench=launch)
 
 
 def _padded_dim(head_dim: int) -> int:
@@ -376,15 +383,16 @@ def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, out
     several ragged blocks on short sequences).
     """
     batch, heads, seq_q, head_dim = q.shape
-    block_m, block_n, warps = _config(head_dim, q.dtype, False, blocks)
-    grid = (triton.cdiv(seq_q, block_m), batch * heads)
-    _fwd_kernel[grid](
-        q, k, v, out, stats, *q.stride(), *k.stride(), *v.stride(), *out.stride(),
-        heads, seq_q, k.shape[2], head_dim, _qk_scale(scale),
-        DOT_PRECISION=_dot_precision(q.dtype), INTERPRET_BF16=_interpret_bf16(q.dtype),
-        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=_padded_dim(head_dim),
-        num_warps=warps,
-    )
+
+    def launch(config: dict) -> None:
+        _fwd_kernel[(triton.cdiv(seq_q, config["BLOCK_M"]), batch * heads)](
+            q, k, v, out, stats, *q.stride(), *k.stride(), *v.stride(), *out.stride(),
+            heads, seq_q, k.shape[2], head_dim, _qk_scale(scale),
+            DOT_PRECISION=_dot_precision(q.dtype), INTERPRET_BF16=_interpret_bf16(q.dtype),
+            BLOCK_M=config["BLOCK_M"], BLOCK_N=config["BLOCK_N"], BLOCK_D=_padded_dim(head_dim),
+            num_warps=config["num_warps"],
+        )
+    launch(_config(q, False, blocks, launch))
 
 
 def backward(grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
@@ -394,11 +402,20 @@ def backward(grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.
 
     ``out`` and ``stats`` are the forward's; ``grad_out`` has q's shape and dtype, any strides.
     """
+    block_d = _padded_dim(q.shape[-1])
+    precision, interpret_bf16 = _dot_precision(q.dtype), _interpret_bf16(q.dtype)
+
+    def launch(config: dict) -> None:
+        _backward(grad_out, q, k, v, out, stats, scale, dq, dk, dv, config["BLOCK_M"], config["BLOCK_N"],
+                  config["num_warps"], block_d, precision, interpret_bf16)
+    launch(_config(q, True, blocks, launch))
+
+
+def _backward(grad_out, q, k, v, out, stats, scale, dq, dk, dv, block_m: int, block_n: int, warps: int, block_d: int,
+              precision: str, interpret_bf16: bool) -> None:
+    """The three backward launches with one (BLOCK_M, BLOCK_N, num_warps) config."""
     batch, heads, seq_q, head_dim = q.shape
     seq_k = k.shape[2]
-    block_m, block_n, warps = _config(head_dim, q.dtype, True, blocks)
-    block_d = _padded_dim(head_dim)
-    precision, interpret_bf16 = _dot_precision(q.dtype), _interpret_bf16(q.dtype)
     delta = torch.empty(q.shape[:3], dtype=torch.float32, device=q.device)
     _bwd_delta_kernel[(triton.cdiv(seq_q, block_m), batch * heads)](
         out, grad_out, delta, *out.stride(), *grad_out.stride(), heads, seq_q, head_dim,

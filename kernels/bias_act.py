@@ -15,8 +15,10 @@ import torch
 import triton
 import triton.language as tl
 
+from . import tuning
+
 ROWS_MIN_INNER = 256
-BLOCK = 1024
+BLOCK = 1024  # elements per program: tuning.py's default (its table or autotuning may pick another)
 
 # Constants of SELU (Klambauer et al. 2017), as torch.nn.functional.selu. constexpr: a jitted
 # function may read only constexpr globals (the interpreter allows any; the compiler refuses).
@@ -138,24 +140,32 @@ def _bias_act_bwd_kernel(dy_ptr, x_ptr, b_ptr, dx_ptr, numel, inner, C, alpha, g
     tl.store(dx_ptr + offs, dx.to(dx_ptr.dtype.element_ty), mask=mask)
 
 
-def _launch(kernel, tensors, x: torch.Tensor, b, dim: int, act: int, alpha: float, gain: float, clamp) -> None:
+def _launch(name: str, kernel, tensors, x: torch.Tensor, b, dim: int, act: int, alpha: float, gain: float,
+            clamp) -> None:
     C = x.shape[dim] if x.dim() else 1
     inner = 1
     for n in x.shape[dim + 1:]:
         inner *= n
     numel = x.numel()
     rows = b is not None and inner >= ROWS_MIN_INNER  # rows mode exists for the bias's scalar load
-    grid = (numel // inner * triton.cdiv(inner, BLOCK),) if rows else (triton.cdiv(numel, BLOCK),)
-    kernel[grid](*tensors, numel, inner, C, float(alpha), float(gain), float(-1.0 if clamp is None else clamp),
-                 HAS_BIAS=b is not None, ACT=act, HAS_CLAMP=clamp is not None, ROWS=rows, BLOCK=BLOCK, num_warps=4)
+
+    def launch(config: dict) -> None:
+        block = config["BLOCK"]
+        grid = (numel // inner * triton.cdiv(inner, block),) if rows else (triton.cdiv(numel, block),)
+        kernel[grid](*tensors, numel, inner, C, float(alpha), float(gain), float(-1.0 if clamp is None else clamp),
+                     HAS_BIAS=b is not None, ACT=act, HAS_CLAMP=clamp is not None, ROWS=rows, **config)
+    # the tile spans a row's inner elements in rows mode, the flat tensor otherwise
+    launch(tuning.choose(name, x, inner if rows else numel, bench=launch))
 
 
 def forward(x: torch.Tensor, b, dim: int, act: int, alpha: float, gain: float, clamp, y: torch.Tensor) -> None:
     """y = clamp(gain * f(x + b)): contiguous x and y (same shape), b contiguous (C,) or None."""
-    _launch(_bias_act_fwd_kernel, (x, x if b is None else b, y), x, b, dim, act, alpha, gain, clamp)
+    _launch("bias_act_forward", _bias_act_fwd_kernel, (x, x if b is None else b, y), x, b, dim, act, alpha, gain,
+            clamp)
 
 
 def backward(dy: torch.Tensor, x: torch.Tensor, b, dim: int, act: int, alpha: float, gain: float, clamp,
              dx: torch.Tensor) -> None:
     """dx (float32 or x's dtype, contiguous like x) from dy and the forward's x and b."""
-    _launch(_bias_act_bwd_kernel, (dy, x, x if b is None else b, dx), x, b, dim, act, alpha, gain, clamp)
+    _launch("bias_act_backward", _bias_act_bwd_kernel, (dy, x, x if b is None else b, dx), x, b, dim, act, alpha,
+            gain, clamp)

@@ -11,7 +11,7 @@ import triton
 import triton.language as tl
 
 from .philox import philox_normal_block
-from .tiling import launch_shape, sample_chunk
+from .tiling import launch_tiled, sample_chunk
 
 
 @triton.jit
@@ -101,23 +101,26 @@ def _loss_backward_kernel(
 
 def loss_forward(pred, x0, noise, t, abar, rng, mode: int) -> torch.Tensor:
     """Per-sample sums of squared residuals, float32 (B,). Tensors batch-major dense, sharing strides."""
-    batch, per_sample, block, chunks = launch_shape(pred)
-    partial = torch.empty(batch * chunks, device=pred.device, dtype=torch.float32)
     generate = noise is None
-    _loss_forward_kernel[(batch * chunks,)](
-        pred, x0, pred if generate else noise, partial, t, t.stride(0), abar, abar.numel(),
-        rng if generate else t, per_sample, chunks,
-        MODE=mode, GENERATE_NOISE=generate, BLOCK=block, num_warps=4,
-    )
-    return partial.view(batch, chunks).sum(dim=1)
+
+    def launch(grid, per_sample, chunks, config):
+        partial = torch.empty(grid[0], device=pred.device, dtype=torch.float32)
+        _loss_forward_kernel[grid](
+            pred, x0, pred if generate else noise, partial, t, t.stride(0), abar, abar.numel(),
+            rng if generate else t, per_sample, chunks, MODE=mode, GENERATE_NOISE=generate, **config,
+        )
+        return partial.view(pred.shape[0], chunks).sum(dim=1)
+    return launch_tiled("diffusion_loss_forward", pred, launch)
 
 
 def loss_backward(pred, x0, noise, t, abar, rng, scale, mode: int, grad_pred, grad_x0) -> None:
     """Write grad_pred (and grad_x0 unless None) for per-sample scales ``scale`` (float32 (B,))."""
-    batch, per_sample, block, chunks = launch_shape(pred)
     generate = noise is None
-    _loss_backward_kernel[(batch * chunks,)](
-        pred, x0, pred if generate else noise, grad_pred, grad_pred if grad_x0 is None else grad_x0, scale,
-        t, t.stride(0), abar, abar.numel(), rng if generate else t, per_sample, chunks,
-        MODE=mode, GENERATE_NOISE=generate, WRITE_X0=grad_x0 is not None, BLOCK=block, num_warps=4,
-    )
+
+    def launch(grid, per_sample, chunks, config):
+        _loss_backward_kernel[grid](
+            pred, x0, pred if generate else noise, grad_pred, grad_pred if grad_x0 is None else grad_x0, scale,
+            t, t.stride(0), abar, abar.numel(), rng if generate else t, per_sample, chunks,
+            MODE=mode, GENERATE_NOISE=generate, WRITE_X0=grad_x0 is not None, **config,
+        )
+    launch_tiled("diffusion_loss_backward", pred, launch)

@@ -10,7 +10,7 @@ import triton
 import triton.language as tl
 
 from .philox import philox_uniform
-from .tiling import launch_shape, sample_chunk
+from .tiling import launch_tiled, sample_chunk
 
 
 @triton.jit
@@ -70,19 +70,22 @@ def interpolate(real: torch.Tensor, fake: torch.Tensor, alpha: torch.Tensor, out
                 rng: torch.Tensor | None = None) -> None:
     """out = alpha_b * real + (1 - alpha_b) * fake. With ``rng`` (int64 [seed, offset]) alpha is
     drawn in the kernel and written into ``alpha`` (float32 (B,)); without it alpha is read."""
-    _, per_sample, block, chunks = launch_shape(real)
-    _interpolate_kernel[(real.shape[0] * chunks,)](real, fake, alpha, alpha if rng is None else rng, out, per_sample,
-                                                   chunks, DRAW_ALPHA=rng is not None, BLOCK=block, num_warps=4)
+    def launch(grid, per_sample, chunks, config):
+        _interpolate_kernel[grid](real, fake, alpha, alpha if rng is None else rng, out, per_sample, chunks,
+                                  DRAW_ALPHA=rng is not None, **config)
+    launch_tiled("gp_interpolate", real, launch)
 
 
 def sum_of_squares(grad: torch.Tensor) -> torch.Tensor:
     """Per-sample sum of squares, float32 (B,): partial sums per program, then a fixed-order sum."""
-    _, per_sample, block, chunks = launch_shape(grad)
-    partial = torch.empty(grad.shape[0] * chunks, dtype=torch.float32, device=grad.device)
-    _sum_of_squares_kernel[(grad.shape[0] * chunks,)](grad, partial, per_sample, chunks, BLOCK=block, num_warps=4)
-    return partial.view(grad.shape[0], chunks).sum(dim=1)
+    def launch(grid, per_sample, chunks, config):
+        partial = torch.empty(grid[0], dtype=torch.float32, device=grad.device)
+        _sum_of_squares_kernel[grid](grad, partial, per_sample, chunks, **config)
+        return partial.view(grad.shape[0], chunks).sum(dim=1)
+    return launch_tiled("gp_sum_of_squares", grad, launch)
 
 
 def scale(grad: torch.Tensor, coef: torch.Tensor, out: torch.Tensor) -> None:
-    _, per_sample, block, chunks = launch_shape(grad)
-    _scale_kernel[(grad.shape[0] * chunks,)](grad, coef, out, per_sample, chunks, BLOCK=block, num_warps=4)
+    def launch(grid, per_sample, chunks, config):
+        _scale_kernel[grid](grad, coef, out, per_sample, chunks, **config)
+    launch_tiled("gp_scale", grad, launch)

@@ -12,7 +12,7 @@ import triton
 import triton.language as tl
 
 from .philox import philox_normal_block
-from .tiling import launch_shape, sample_chunk
+from .tiling import launch_tiled, sample_chunk
 
 NOISE_NONE, NOISE_TENSOR, NOISE_PHILOX = 0, 1, 2
 # fastgen.ops.sampling_step.NUM_COEFS (kernels/ does not import fastgen); the kernel reads the
@@ -105,14 +105,16 @@ def sampling_step(sample: torch.Tensor, model_output: torch.Tensor, history, noi
     or None; ``noise``, ``rng``, ``state`` and ``clip_range`` may be None (at most one of ``noise``
     and ``rng`` is given)."""
     assert len(history) == 4 and coefs.shape[1] == NUM_COEFS
-    batch, per_sample, block, chunks = launch_shape(sample)
     mode = NOISE_TENSOR if noise is not None else (NOISE_PHILOX if rng is not None else NOISE_NONE)
     h = [sample if t is None else t for t in history]  # stand-ins for absent slots are never read
-    _sampling_step_kernel[(batch * chunks,)](
-        sample, model_output, h[0], h[1], h[2], h[3], sample if noise is None else noise,
-        out, out if state is None else state, index, index.stride(0), coefs, coefs.shape[0],
-        index if rng is None else rng, 0.0 if clip_range is None else float(clip_range), per_sample, chunks,
-        HAS_H1=history[0] is not None, HAS_H2=history[1] is not None, HAS_H3=history[2] is not None,
-        HAS_H4=history[3] is not None, CLIP=clip_range is not None, NOISE=mode, WRITE_STATE=state is not None,
-        BLOCK=block, num_warps=4,
-    )
+
+    def launch(grid, per_sample, chunks, config):
+        _sampling_step_kernel[grid](
+            sample, model_output, h[0], h[1], h[2], h[3], sample if noise is None else noise,
+            out, out if state is None else state, index, index.stride(0), coefs, coefs.shape[0],
+            index if rng is None else rng, 0.0 if clip_range is None else float(clip_range), per_sample, chunks,
+            HAS_H1=history[0] is not None, HAS_H2=history[1] is not None, HAS_H3=history[2] is not None,
+            HAS_H4=history[3] is not None, CLIP=clip_range is not None, NOISE=mode, WRITE_STATE=state is not None,
+            **config,
+        )
+    launch_tiled("sampling_step", sample, launch)

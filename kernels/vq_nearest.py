@@ -18,6 +18,7 @@ import torch
 import triton
 import triton.language as tl
 
+from . import tuning
 from .attention import _mma
 
 
@@ -78,7 +79,8 @@ def _vq_nearest_kernel(
 # tensor-core MMAs with a 128 x 128 float32 score tile; when D needs the slice loop, x is no longer
 # resident and the loop's operand tiles join the accumulator, so fewer rows keep it out of local
 # memory. float32 "ieee" dots are FMA loops: a 64 x 64 tile. Sized with
-# benchmarks/triton_compile_report.py (registers and spills on sm_90 and sm_80), not yet timed on a GPU.
+# benchmarks/triton_compile_report.py (registers and spills on sm_90 and sm_80), not yet timed on a GPU:
+# kernels/tuning.py's defaults (its table or autotuning may pick another compile-checked candidate).
 _TILES = {(2, True): (128, 128, 64, 8), (2, False): (64, 128, 64, 8),
           (4, True): (64, 64, 64, 4), (4, False): (64, 64, 32, 8)}
 
@@ -106,12 +108,15 @@ def vq_nearest(x: torch.Tensor, codebook: torch.Tensor, cn2: torch.Tensor, out: 
     small ones to cover ragged tiles and the D loop on small shapes).
     """
     n, dim = x.shape
-    block_n, block_k, block_d, warps = tile_config(dim, x.dtype)
-    if tiles is not None:
-        block_n, block_k, block_d = tiles
     interpret_bf16 = x.dtype == torch.bfloat16 and os.environ.get("TRITON_INTERPRET") == "1"
-    _vq_nearest_kernel[(triton.cdiv(n, block_n),)](
-        x, codebook, cn2, out, n, codebook.shape[0], dim, *x.stride(), *codebook.stride(),
-        DOT_PRECISION=_dot_precision(x.dtype), INTERPRET_BF16=interpret_bf16, ONE_D_BLOCK=dim <= block_d,
-        BLOCK_N=block_n, BLOCK_K=block_k, BLOCK_D=block_d, num_warps=warps,
-    )
+
+    def launch(config: dict) -> None:
+        _vq_nearest_kernel[(triton.cdiv(n, config["BLOCK_N"]),)](
+            x, codebook, cn2, out, n, codebook.shape[0], dim, *x.stride(), *codebook.stride(),
+            DOT_PRECISION=_dot_precision(x.dtype), INTERPRET_BF16=interpret_bf16,
+            ONE_D_BLOCK=dim <= config["BLOCK_D"], **config,
+        )
+    if tiles is not None:
+        launch(dict(zip(("BLOCK_N", "BLOCK_K", "BLOCK_D"), tiles), num_warps=tile_config(dim, x.dtype)[3]))
+    else:
+        launch(tuning.choose("vq_nearest", x, dim, bench=launch))

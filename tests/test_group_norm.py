@@ -20,8 +20,9 @@ CASES = [  # (shape, num_groups, channels_last)
     pytest.param((2, 64, 16, 16), 32, False, id="unet-32groups"),
     pytest.param((2, 64, 16, 16), 32, True, id="unet-32groups-channels_last"),
     pytest.param((3, 8, 10), 4, False, id="1d"),  # (B, C, L)
-    # 3 channels per group x 41 x 37 > one 4096-element tile: the two-pass streaming kernels, with
-    # a ragged last tile (the cases above each fit one tile and take the single-read path)
+    # 3 channels per group x 41 x 37 > one 4096-element tile: the streaming kernels with a ragged
+    # last tile (the cases above each fit one tile and take the single-read path); at batch 2 both
+    # layouts split each group in two chunks (SPLIT_MIN_PROGRAMS; the unsplit stream: NCHW_PATHS, CL_PATHS)
     pytest.param((2, 6, 41, 37), 2, False, id="streaming"),
     pytest.param((2, 6, 41, 37), 2, True, id="streaming-channels_last"),
 ]
@@ -154,7 +155,8 @@ def test_cases_cover_both_triton_paths():
 @pytest.mark.parametrize("impl", impls())
 def test_large_group_streams_through_tiles(impl):
     """C/G * H * W = 32 * 64 * 64 = 131072 elements in one group, far from zero mean: the chunked
-    Welford merge must match float64 as closely as torch's float32 group_norm does."""
+    Welford merge (here split over 32 programs: one group at batch 1) must match float64 as closely
+    as torch's float32 group_norm does."""
     x = torch.randn(1, 32, 64, 64, device=device()) * 0.5 + 30.0
     dy = torch.randn_like(x)
     out, grads = run(lambda *a, **k: group_norm(*a, **k, impl=impl), x, {}, 1, "silu", dy, ("x",))
@@ -262,6 +264,119 @@ def test_channels_last_split_fills_the_gpu_only_for_small_batches():
     assert one["chunk"] % one["BLOCK_S"] == 0 and (one["num_chunks"] - 1) * one["chunk"] < 64 * 64
     batch = kernel._cl_geometry(torch.empty(256, 128, 32, 32, device="meta").to(memory_format=torch.channels_last), 32)
     assert batch["num_chunks"] == 1 and batch["grid"][0] >= kernel.SPLIT_MIN_PROGRAMS
+
+
+# --- NCHW split: a group's positions cut into chunks of whole tiles (two-phase reduction) -------------
+
+# (shape, num_groups): 4 channels per group over 8 x 8; 5 channels per group (a masked tile row) over
+# 7 x 5, nothing a block multiple.
+NCHW_SPLIT_CASES = [pytest.param((1, 32, 8, 8), 8, id="1x32x8x8-G8"), pytest.param((1, 20, 7, 5), 4, id="1x20x7x5-G4")]
+# (SPLIT_MIN_PROGRAMS, TILE): 0 never splits; a TILE of 64 cuts these groups into 4-5 tiles of 16 / 8
+# positions; 16 splits their 8 / 4-program launches into 2-3 chunks of two tiles (the last one
+# ragged); a huge threshold into one-tile chunks (one partial per tile).
+NCHW_PATHS = {"single-tile": (0, 4096), "streaming": (0, 64), "split": (16, 64), "split-1-tile-chunks": (1 << 30, 64)}
+
+
+def force_nchw_path(monkeypatch, path, x, num_groups):
+    """Set the module knobs for ``path``; the NCHW geometry x gets, checked to be that path."""
+    from fastgen.kernels import group_norm as kernel
+
+    threshold, tile = NCHW_PATHS[path]
+    monkeypatch.setattr(kernel, "SPLIT_MIN_PROGRAMS", threshold)
+    monkeypatch.setattr(kernel, "TILE", tile)
+    geo = kernel._nchw_geometry(x, num_groups)
+    assert (geo["num_chunks"] > 1, geo["SINGLE_TILE"]) == (path.startswith("split"), path == "single-tile"), geo
+    if path == "split":
+        assert geo["chunk"] > geo["BLOCK_S"] and (geo["num_chunks"] - 1) * geo["chunk"] < geo["S"], geo
+    return geo
+
+
+def run_vs_float64(impl, x, opts, num_groups, activation, dy):
+    """The kernel's output and gradients, checked against the float64 reference (float32 within
+    TOLERANCE; float16 / bfloat16 within 2x torch's own error in that dtype + atol)."""
+    out, grads = run(lambda *a, **k: group_norm(*a, **k, impl=impl), x, opts, num_groups, activation, dy, INPUTS)
+    x64, opts64 = x.double(), {k: None if v is None else v.double() for k, v in opts.items()}
+    want, want_grads = run(group_norm_ref, x64, opts64, num_groups, activation, dy.double(), INPUTS)
+    lowp = x.dtype != torch.float32
+    if lowp:
+        yard, yard_grads = run(torch_same_dtype, x, opts, num_groups, activation, dy, INPUTS)
+    assert out.stride() == x.stride()
+    check(out, want, x.dtype, "output", yard if lowp else None)
+    assert grads.keys() == want_grads.keys()
+    for name in grads:
+        check(grads[name], want_grads[name], x.dtype, f"grad {name}", yard_grads[name] if lowp else None)
+    return out, grads
+
+
+@pytest.mark.parametrize("impl", triton_only())
+@pytest.mark.parametrize("extras", ["all", "plain"])
+@pytest.mark.parametrize("dtype", KERNEL_DTYPES, ids=lambda d: str(d).replace("torch.", ""))
+@pytest.mark.parametrize("shape,num_groups", NCHW_SPLIT_CASES)
+def test_nchw_split_matches_reference(impl, shape, num_groups, dtype, extras, monkeypatch):
+    """The split kernels (chunks of two tiles, a ragged last chunk), forward and every gradient, with
+    every operand and SiLU or none of them, against float64."""
+    present, activation = (OPTIONS, "silu") if extras == "all" else ((), None)
+    x, opts = make_inputs(shape, False, dtype, present)
+    force_nchw_path(monkeypatch, "split", x, num_groups)
+    run_vs_float64(impl, x, opts, num_groups, activation, torch.randn(shape, device=device()).to(dtype))
+
+
+@pytest.mark.parametrize("impl", triton_only())
+@pytest.mark.parametrize("path", ["single-tile", "streaming", "split-1-tile-chunks"])
+@pytest.mark.parametrize("shape,num_groups", NCHW_SPLIT_CASES)
+def test_nchw_paths_match_reference(impl, path, shape, num_groups, monkeypatch):
+    """The other NCHW kernel paths at the same shapes: one tile, the unsplit two-pass stream, and a
+    split into one-tile chunks; every operand and gradient against float64."""
+    x, opts = make_inputs(shape, False, torch.float32)
+    force_nchw_path(monkeypatch, path, x, num_groups)
+    run_vs_float64(impl, x, opts, num_groups, "silu", torch.randn(shape, device=device()))
+
+
+@pytest.mark.parametrize("impl", triton_only())
+def test_nchw_split_agrees_with_unsplit_and_is_deterministic(impl, monkeypatch):
+    """Split and unsplit streams differ only in summation order; a rerun of the split is bit for bit
+    the same (fixed merge order, no atomics)."""
+    x, opts = make_inputs((1, 20, 7, 5), False, torch.float32)
+    dy = torch.randn(1, 20, 7, 5, device=device())
+    fused = lambda *a, **k: group_norm(*a, **k, impl=impl)  # noqa: E731
+    force_nchw_path(monkeypatch, "split", x, 4)
+    first, again = (run(fused, x, opts, 4, "silu", dy, INPUTS) for _ in range(2))
+    assert torch.equal(first[0], again[0]) and all(torch.equal(first[1][n], again[1][n]) for n in INPUTS)
+    force_nchw_path(monkeypatch, "streaming", x, 4)
+    unsplit = run(fused, x, opts, 4, "silu", dy, INPUTS)
+    check(first[0], unsplit[0], torch.float32, "split vs unsplit output")
+    for name in INPUTS:
+        check(first[1][name], unsplit[1][name], torch.float32, f"split vs unsplit grad {name}")
+
+
+@pytest.mark.parametrize("impl", triton_only())
+@pytest.mark.parametrize("path", ["streaming", "split"])
+def test_nchw_far_from_zero_mean(impl, path, monkeypatch):
+    """A group whose mean (30) is 60 standard deviations from zero: the pivot-shifted Chan merges
+    across tiles and chunks stay within 2x torch's float32 error of float64."""
+    x = torch.randn(1, 12, 17, 15, device=device()) * 0.5 + 30.0
+    force_nchw_path(monkeypatch, path, x, 3)
+    dy = torch.randn_like(x)
+    out, grads = run(lambda *a, **k: group_norm(*a, **k, impl=impl), x, {}, 3, "silu", dy, ("x",))
+    want, want_grads = run(group_norm_ref, x.double(), {}, 3, "silu", dy.double(), ("x",))
+    yard, yard_grads = run(torch_same_dtype, x, {}, 3, "silu", dy, ("x",))
+    for got, ref, tor, name in [(out, want, yard, "output"), (grads["x"], want_grads["x"], yard_grads["x"], "grad x")]:
+        err = (got.double() - ref).abs().max().item()
+        assert err <= 2 * (tor.double() - ref).abs().max().item() + 1e-5, f"{name}: error {err:.3g}"
+
+
+def test_nchw_split_fills_the_gpu_only_for_small_batches():
+    """Sampling one 320-channel 64x64 image (32 groups: 32 programs unsplit) is cut into chunks of
+    whole tiles to about SPLIT_MIN_PROGRAMS programs; a training batch is not split."""
+    from fastgen.kernels import group_norm as kernel
+
+    one = kernel._nchw_geometry(torch.empty(1, 320, 64, 64, device="meta"), 32)
+    assert one["num_chunks"] > 1 and not one["SINGLE_TILE"]
+    assert kernel.SPLIT_MIN_PROGRAMS // 2 <= one["grid"][0] <= 2 * kernel.SPLIT_MIN_PROGRAMS
+    assert one["chunk"] % one["BLOCK_S"] == 0 and (one["num_chunks"] - 1) * one["chunk"] < 64 * 64
+    for shape in ((256, 128, 32, 32), (16, 320, 64, 64)):  # 8192 and 512 (sample, group) programs
+        batch = kernel._nchw_geometry(torch.empty(shape, device="meta"), 32)
+        assert batch["num_chunks"] == 1 and batch["grid"][0] == shape[0] * 32
 
 
 def test_gradcheck_and_gradgradcheck_float64():

@@ -31,7 +31,7 @@ Backward of the kernel path: with n, z the values before and after the epilogue 
     dL/dweight = sum_{b,s} (1 + scale) dz n;  dL/dbias = sum_{b,s} (1 + scale) dz
 
 The per-(b, c) sums come whole from the backward kernel (Triton: one program owns a group of one
-sample, or for a small channels_last batch per-chunk partial sums added in a fixed order by a
+sample, or for a small batch (either layout) per-chunk partial sums added in a fixed order by a
 second launch; CUDA: per-chunk partial sums merged in chunk order; no atomics either way); the sums over the batch
 are then taken in torch, in a fixed order. Under ``create_graph=True`` (a
 gradient penalty) the backward is instead recomputed through the reference with autograd, so it
