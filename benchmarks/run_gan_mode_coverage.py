@@ -18,6 +18,9 @@ LeakyReLU 0.2), the same initial weights for every run of a seed (``torch.manual
                   larger lr, so that it converges in 3000 G steps rather than 100k
     ns+r1         non-saturating loss + R1 on the reals (Mescheder et al. 2018), gamma 0.1;
                   Adam lr 1e-3, betas (0, 0.99) (beta1 = 0 as in Mescheder et al.), EMA of G 0.99
+    ns+r1-decay   ns+r1 with both learning rates decayed linearly to 1% over the second half of the run
+    ns+r1-decay-jbt  ns+r1-decay, its 2500 samples kept of 2778 latents by Jacobian-based truncation
+                  (fastgen.gan.jacobian_truncation; the recipe trains 6000 G steps, this script --steps)
     wgan-gp-alg1  WGAN-GP with Gulrajani et al. 2017, Algorithm 1's defaults: lambda 10, n_critic 5,
                   Adam lr 1e-4, betas (0, 0.9), no EMA. A reference point, run on the first seed
                   only (it is the slowest run, ~5 min, and far from converged after 3000 G steps)
@@ -67,7 +70,7 @@ def train_and_score(name: str, config: dict, steps: int, seed: int, settings: di
     trainer, history, seconds = train_recipe(name, "grid", seed, steps, settings, progress=progress)
 
     def score(use_ema: bool):  # the same evaluation latents for the EMA and for G
-        return mode_coverage(evaluation_samples(trainer, seed, use_ema=use_ema), grid_mixture())
+        return mode_coverage(evaluation_samples(trainer, seed, use_ema=use_ema, recipe=name), grid_mixture())
 
     coverage, g_coverage = score(True), score(False)
     last_g = next((h["g_loss"] for h in reversed(history) if "g_loss" in h), None)

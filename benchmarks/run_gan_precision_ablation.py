@@ -22,7 +22,15 @@ training run is scored several times, which costs little next to training:
   all updated after every G step from the same G, so the EMA ablation is exact (same G trajectory);
 * ``lr_decay = (start, final)``: both Adam learning rates held at lr until G step ``start *
   steps``, then decayed linearly to ``final * lr`` at ``steps`` (torch.optim.lr_scheduler.LambdaLR,
-  stepped after each G step: GANTrainer's lr_schedule=linear_lr_decay(steps, start, final)).
+  stepped after each G step: GANTrainer's lr_schedule=linear_lr_decay(steps, start, final));
+* ``jbt_keep``: each model is also scored on the samples of Jacobian-based truncation
+  (fastgen.gan.jacobian_truncation, Tanielian et al. 2020): the 2500 of ceil(2500 / keep) latents
+  (the same evaluation stream) whose Jacobian dG/dz has the smallest Frobenius norm; rows
+  ``<model>+jbt<keep>``, with the sampler's own time in ``sample_seconds``.
+
+``--rescore-from DIR`` scores a config from the final models (``.pt`` beside each part file) that a
+run of its ``trains_like`` config saved in DIR, instead of training the same G again (training is
+deterministic: same seed, same G; rows say ``rescored_from``).
 
 Results: a part file per (config, data, seed) in ``--part-dir`` (so that runs can go in separate
 processes), then ``--collect`` merges every part into ``<out>/gan_precision_ablation_cpu.{json,csv}``
@@ -34,6 +42,7 @@ import argparse
 import csv
 import glob
 import io
+import itertools
 import json
 import math
 import os
@@ -47,6 +56,7 @@ from fastgen import benchmarking, checkpoint
 from fastgen._io import atomic_write_text
 from fastgen.data import grid_mixture, ring_mixture, toy_batches
 from fastgen.gan import GANTrainer
+from fastgen.gan.jacobian_truncation import jacobian_truncated_sample
 from fastgen.gan.metrics import mode_coverage
 from fastgen.gan.trainer import linear_lr_decay
 from fastgen.gan.recipes import EVAL_SAMPLES, QUICK_SETTINGS, RUNS, SETTINGS
@@ -61,12 +71,20 @@ BASE = {k: v for k, v in RUNS["ns+r1"].items() if k != "first_seed_only"}
 # b1024 and g0001 were not run to the end (time); their entries stay for the next session.
 # name -> changes to ns+r1: "trainer" (GANTrainer keyword arguments over BASE), "steps" (G steps),
 # "eval_at" (G steps to score at), "lr_decay" ((start fraction, final factor) or None),
-# "extra_ema" (decays kept besides the trainer's), "settings" (over SETTINGS: batch, hidden, depth, latent_dim)
+# "extra_ema" (decays kept besides the trainer's), "settings" (over SETTINGS: batch, hidden, depth, latent_dim),
+# "jbt_keep" (fractions of candidate latents kept by Jacobian-based truncation, each scored as well),
+# "trains_like" (a config with the same training, whose saved final models --rescore-from can score)
 CONFIGS = {
     "base-6k": dict(steps=6000, eval_at=(3000, 4500, 6000), extra_ema=(0.999,)),
     "decay-3k": dict(steps=3000, eval_at=(1500, 3000), lr_decay=(0.5, 0.01), extra_ema=(0.999,)),
     "decay-6k": dict(steps=6000, eval_at=(3000, 6000), lr_decay=(0.5, 0.01), extra_ema=(0.999,)),
     "decay-9k": dict(steps=9000, eval_at=(4500, 9000), lr_decay=(0.5, 0.01), extra_ema=(0.999,)),
+    # decay-6k again (same seeds -> the same G), its EMA and G also scored after Jacobian-based truncation;
+    # keep 0.9 is the recipe ns+r1-decay-jbt's (chosen on decay-6k / decay-9k runs of seeds 0-3 before this one)
+    "decay-6k-jbt": dict(steps=6000, eval_at=(6000,), lr_decay=(0.5, 0.01), jbt_keep=(0.95, 0.9, 0.8),
+                         trains_like="decay-6k"),
+    "decay-9k-jbt": dict(steps=9000, eval_at=(9000,), lr_decay=(0.5, 0.01), jbt_keep=(0.95, 0.9, 0.8),
+                         trains_like="decay-9k"),
     "decay-3k-b1024": dict(steps=3000, eval_at=(3000,), lr_decay=(0.5, 0.01), extra_ema=(0.999,),
                            settings={"batch": 1024}),
     "decay-3k-g1": dict(steps=3000, eval_at=(3000,), lr_decay=(0.5, 0.01), extra_ema=(0.999,),
@@ -78,7 +96,7 @@ CONFIGS = {
 }
 COLUMNS = ["config", "data", "seed", "g_steps", "model", "modes_covered", "num_modes", "high_quality_fraction",
            "reverse_kl", "reverse_kl_all", "meets_goal", "train_seconds", "lr_at_eval", "penalty_weight", "batch",
-           "hidden", "depth", "latent_dim", "lr_decay"]
+           "hidden", "depth", "latent_dim", "lr_decay", "jbt_keep", "sample_seconds", "rescored_from"]
 PROVENANCE_COLUMNS = ["device_name", "torch", "git_commit", "date_utc"]
 
 
@@ -87,14 +105,50 @@ def meets_goal(data: str, score: dict) -> bool:
             and score["reverse_kl_all"] <= GOAL_KL_ALL)
 
 
-def run(name: str, data: str, seed: int, *, quick: bool = False, progress: bool = False,
-        model_path: str | None = None) -> list[dict]:
-    """Train config ``name`` on ``data`` from seed ``seed``; one row per (eval step, scored model).
-    ``model_path``: also torch.save the final G and EMA state dicts there."""
-    cfg = CONFIGS[name]
+def _settings(cfg: dict, quick: bool) -> dict:
     settings = {**(QUICK_SETTINGS if quick else SETTINGS), **cfg.get("settings", {})}
     if quick:
         settings["batch"] = QUICK_SETTINGS["batch"]
+    return settings
+
+
+def _score(name: str, data: str, seed: int, g_step: int, models: dict, settings: dict, common: dict,
+           progress: bool) -> list[dict]:
+    """One row per (model, jbt_keep of the config or none) on the evaluation latents of ``seed``."""
+    cfg, mixture, rows = CONFIGS[name], MIXTURES[data](), []
+    for (label, model), keep in itertools.product(models.items(), (None, *cfg.get("jbt_keep", ()))):
+        rng = torch.Generator().manual_seed(seed + 1)
+        start = time.perf_counter()
+        if keep is None:
+            z = torch.randn(EVAL_SAMPLES, settings["latent_dim"], generator=rng)
+            was_training = model.training
+            model.eval()
+            with torch.no_grad():
+                samples = model(z)
+            model.train(was_training)
+        else:
+            samples = jacobian_truncated_sample(model, EVAL_SAMPLES, keep, rng=rng).samples
+        sample_seconds = time.perf_counter() - start
+        score = mode_coverage(samples, mixture).as_dict()
+        rows.append({"config": name, "data": data, "seed": seed, "g_steps": g_step,
+                     "model": label if keep is None else f"{label}+jbt{keep:g}", **score,
+                     "meets_goal": meets_goal(data, score), **common, **settings,
+                     "lr_decay": None if not cfg.get("lr_decay") else list(cfg["lr_decay"]),
+                     "jbt_keep": keep, "sample_seconds": sample_seconds})
+        if progress:
+            r = rows[-1]
+            print(f"  {name} {data} seed {seed} step {g_step} {r['model']}: {r['modes_covered']}/{r['num_modes']} "
+                  f"HQ {100 * r['high_quality_fraction']:.1f}% KL all {r['reverse_kl_all']:.4f} "
+                  f"({r['train_seconds']:.0f} s)", flush=True)
+    return rows
+
+
+def run(name: str, data: str, seed: int, *, quick: bool = False, progress: bool = False,
+        model_path: str | None = None) -> list[dict]:
+    """Train config ``name`` on ``data`` from seed ``seed``; one row per (eval step, scored model).
+    ``model_path``: also torch.save the final G, EMA and D state dicts there."""
+    cfg = CONFIGS[name]
+    settings = _settings(cfg, quick)
     steps = 12 if quick else cfg["steps"]
     eval_at = (6, 12) if quick else cfg["eval_at"]
     kwargs = {**BASE, **cfg.get("trainer", {})}
@@ -106,7 +160,6 @@ def run(name: str, data: str, seed: int, *, quick: bool = False, progress: bool 
     trainer = GANTrainer(G, D, seed=seed, **kwargs)
     extra = {d: checkpoint.ema_copy(G) for d in cfg.get("extra_ema", ())}
     batches = toy_batches(data, settings["batch"], generator=torch.Generator().manual_seed(seed))
-    mixture = MIXTURES[data]()
     rows, seconds = [], 0.0
     for g_step in range(1, steps + 1):
         start = time.perf_counter()
@@ -119,28 +172,36 @@ def run(name: str, data: str, seed: int, *, quick: bool = False, progress: bool 
             continue
         models = {"G": trainer.generator, f"ema{trainer.ema_decay:g}": trainer.ema,
                   **{f"ema{d:g}": m for d, m in extra.items()}}
-        for label, model in models.items():
-            z = torch.randn(EVAL_SAMPLES, settings["latent_dim"], generator=torch.Generator().manual_seed(seed + 1))
-            was_training = model.training
-            model.eval()
-            with torch.no_grad():
-                samples = model(z)
-            model.train(was_training)
-            score = mode_coverage(samples, mixture).as_dict()
-            rows.append({"config": name, "data": data, "seed": seed, "g_steps": g_step, "model": label, **score,
-                         "meets_goal": meets_goal(data, score), "train_seconds": seconds,
-                         "lr_at_eval": trainer.g_optimizer.param_groups[0]["lr"],
-                         "penalty_weight": kwargs.get("penalty_weight"), **settings,
-                         "lr_decay": None if not cfg.get("lr_decay") else list(cfg["lr_decay"])})
-            if progress:
-                r = rows[-1]
-                print(f"  {name} {data} seed {seed} step {g_step} {label}: {r['modes_covered']}/{r['num_modes']} "
-                      f"HQ {100 * r['high_quality_fraction']:.1f}% KL all {r['reverse_kl_all']:.4f} "
-                      f"({seconds:.0f} s)", flush=True)
+        common = {"train_seconds": seconds, "lr_at_eval": trainer.g_optimizer.param_groups[0]["lr"],
+                  "penalty_weight": kwargs.get("penalty_weight")}
+        rows += _score(name, data, seed, g_step, models, settings, common, progress)
     if model_path is not None:  # scratch, for looking at the samples afterwards (not a result file)
         torch.save({"settings": settings, "generator": trainer.generator.state_dict(),
-                    "ema": trainer.ema.state_dict()}, model_path)
+                    "ema": trainer.ema.state_dict(), "discriminator": trainer.discriminator.state_dict()}, model_path)
     return rows
+
+
+def rescore(name: str, data: str, seed: int, model_dir: str, *, progress: bool = False) -> list[dict]:
+    """Score config ``name`` from the final models that an earlier run of config ``trains_like`` saved in
+    ``model_dir`` (``<trains_like>_<data>_<seed>.pt`` and its part file) instead of training again: the
+    same training (same seed -> the same G and EMA), so only the scoring is new. Training time and lr are
+    the part file's."""
+    cfg = CONFIGS[name]
+    source = cfg.get("trains_like")
+    if source is None or cfg["eval_at"] != (cfg["steps"],):
+        raise SystemExit(f"config {name} cannot be rescored: it needs trains_like and eval_at = (steps,)")
+    stem = os.path.join(model_dir, f"{source}_{data}_{seed}")
+    with open(stem + ".json") as f:
+        trained = [r for r in json.load(f)["rows"] if r["g_steps"] == cfg["steps"]]
+    state = torch.load(stem + ".pt")
+    settings = _settings(cfg, False)
+    models = {}
+    for label, key in (("G", "generator"), (f"ema{BASE['ema_decay']:g}", "ema")):
+        models[label] = MLPGenerator(latent_dim=settings["latent_dim"], hidden=settings["hidden"],
+                                     depth=settings["depth"])
+        models[label].load_state_dict(state[key])
+    common = {k: trained[0][k] for k in ("train_seconds", "lr_at_eval", "penalty_weight")}
+    return _score(name, data, seed, cfg["steps"], models, settings, {**common, "rescored_from": source}, progress)
 
 
 def _json_value(value):
@@ -161,8 +222,12 @@ def summarize(rows: list[dict]) -> list[dict]:
                     "seeds": [r["seed"] for r in mine], "modes_covered": [r["modes_covered"] for r in mine],
                     "num_modes": mine[0]["num_modes"], "high_quality_fraction": hq, "reverse_kl_all": kl,
                     "min_high_quality_fraction": min(hq), "mean_high_quality_fraction": sum(hq) / len(hq),
-                    "max_reverse_kl_all": max(kl), "seeds_meeting_goal": sum(r["meets_goal"] for r in mine),
-                    "mean_train_seconds": sum(r["train_seconds"] for r in mine) / len(mine)})
+                    "max_reverse_kl_all": max(kl), "mean_reverse_kl_all": sum(kl) / len(kl),
+                    "min_modes_covered": min(r["modes_covered"] for r in mine),
+                    "seeds_meeting_goal": sum(r["meets_goal"] for r in mine),
+                    "mean_train_seconds": sum(r["train_seconds"] for r in mine) / len(mine),
+                    "mean_sample_seconds": (None if any(r.get("sample_seconds") is None for r in mine)
+                                            else sum(r["sample_seconds"] for r in mine) / len(mine))})
     return out
 
 
@@ -231,6 +296,8 @@ def main(argv=None) -> int:
     parser.add_argument("--label", default="")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--quick", action="store_true", help="tiny networks, 12 steps: a smoke run")
+    parser.add_argument("--rescore-from", metavar="DIR",
+                        help="score the final models that a run of the config's trains_like saved in DIR, no training")
     args = parser.parse_args(argv)
     argv = sys.argv[1:] if argv is None else list(argv)
     if args.collect:
@@ -248,7 +315,10 @@ def main(argv=None) -> int:
         for data in args.data:
             for seed in args.seeds:
                 stem = os.path.join(args.part_dir, f"{name}_{data}_{seed}{'_quick' if args.quick else ''}")
-                rows = run(name, data, seed, quick=args.quick, progress=True, model_path=stem + ".pt")
+                if args.rescore_from:
+                    rows = rescore(name, data, seed, args.rescore_from, progress=True)
+                else:
+                    rows = run(name, data, seed, quick=args.quick, progress=True, model_path=stem + ".pt")
                 path = stem + ".json"
                 atomic_write_text(path, json.dumps({"command": command, "rows": [
                     {k: _json_value(v) for k, v in r.items()} for r in rows]}, allow_nan=False) + "\n")

@@ -8,6 +8,8 @@ import torch.nn as nn
 from fastgen.data import toy_batches
 from fastgen.gan.trainer import GANTrainer, linear_lr_decay
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 class TinyG(nn.Module):
     latent_dim = 2
@@ -103,3 +105,79 @@ def test_bad_input():
         linear_lr_decay(10, final=-0.1)
     with pytest.raises((TypeError, ValueError), match="steps"):
         linear_lr_decay(0)
+
+
+def test_default_adam_updates_equal_the_per_parameter_loop():
+    """GANTrainer's default Adam runs foreach (speed); on the CPU its updates are bit-identical to torch's
+    per-parameter loop, so the recorded runs reproduce exactly (same seed -> same losses and weights)."""
+    torch.manual_seed(0)
+    G, D = TinyG(), TinyD()
+    loop = GANTrainer(G, D, loss="ns", penalty="r1", penalty_weight=0.1, ema_decay=0.9, seed=3,
+                      g_optimizer=torch.optim.Adam(G.parameters(), lr=1e-2, betas=(0.0, 0.99), foreach=False),
+                      d_optimizer=torch.optim.Adam(D.parameters(), lr=1e-2, betas=(0.0, 0.99), foreach=False))
+    default = make()
+    assert default.g_optimizer.defaults["foreach"] and default.d_optimizer.defaults["foreach"]
+    assert loop.fit(batches(), 5, progress=False) == default.fit(batches(), 5, progress=False)
+    for a, b in zip(loop.generator.parameters(), default.generator.parameters()):
+        assert torch.equal(a, b)
+
+
+def _ablation_script():
+    import importlib.util
+    import os
+
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks",
+                        "run_gan_precision_ablation.py")
+    spec = importlib.util.spec_from_file_location("run_gan_precision_ablation", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)  # work sits under __main__: importing runs nothing
+    return script
+
+
+def test_ablation_scores_jacobian_truncation_and_collects(tmp_path):
+    """--quick run of the truncation config (12 steps, tiny MLPs), then --collect: one row per eval step,
+    model and keep; the summary's worst / mean columns."""
+    import json
+
+    script = _ablation_script()
+    threads = torch.get_num_threads()
+    try:
+        assert script.main(["--configs", "decay-6k-jbt", "--data", "ring", "--seeds", "0", "--quick",
+                            "--part-dir", str(tmp_path / "parts")]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    (tmp_path / "parts" / "decay-6k-jbt_ring_0_quick.json").rename(tmp_path / "parts" / "decay-6k-jbt_ring_0.json")
+    script.collect(str(tmp_path / "parts"), str(tmp_path / "out"), "test", [])
+    result = json.load(open(tmp_path / "out" / "gan_precision_ablation_cpu.json"))
+    models = [f"{m}{k}" for m in ("G", "ema0.99") for k in ("", "+jbt0.95", "+jbt0.9", "+jbt0.8")]
+    assert sorted(r["model"] for r in result["rows"] if r["g_steps"] == 12) == sorted(models)
+    assert {r["g_steps"] for r in result["rows"]} == {6, 12}
+    assert all((r["jbt_keep"] is None) == ("jbt" not in r["model"]) for r in result["rows"])
+    summary = result["summary"][0]
+    assert summary["min_modes_covered"] == min(summary["modes_covered"])
+    assert summary["mean_reverse_kl_all"] == pytest.approx(sum(summary["reverse_kl_all"]) / len(summary["seeds"]))
+
+
+def test_ablation_rescores_saved_models(tmp_path):
+    """--rescore-from: the saved final models of the trains_like config, scored as a run would score them."""
+    import json
+
+    from fastgen.data import ring_mixture
+    from fastgen.gan.jacobian_truncation import jacobian_truncated_sample
+    from fastgen.gan.metrics import mode_coverage
+    from fastgen.models import MLPGenerator
+
+    script = _ablation_script()
+    torch.manual_seed(0)
+    G, ema = MLPGenerator(), MLPGenerator()  # untrained: the scoring is what is checked
+    torch.save({"generator": G.state_dict(), "ema": ema.state_dict()}, tmp_path / "decay-6k_ring_4.pt")
+    trained = {"g_steps": 6000, "model": "ema0.99", "train_seconds": 12.5, "lr_at_eval": 1e-5, "penalty_weight": 0.1}
+    (tmp_path / "decay-6k_ring_4.json").write_text(json.dumps({"command": "x", "rows": [trained]}))
+    rows = script.rescore("decay-6k-jbt", "ring", 4, str(tmp_path))
+    by_model = {r["model"]: r for r in rows}
+    assert len(rows) == 8 and all(r["train_seconds"] == 12.5 and r["rescored_from"] == "decay-6k" for r in rows)
+    expected = mode_coverage(jacobian_truncated_sample(ema, 2500, 0.9, rng=torch.Generator().manual_seed(5)).samples,
+                             ring_mixture())
+    assert by_model["ema0.99+jbt0.9"]["counts_all"] == expected.counts_all.tolist()
+    with pytest.raises(SystemExit, match="cannot be rescored"):
+        script.rescore("decay-6k", "ring", 4, str(tmp_path))

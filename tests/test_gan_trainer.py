@@ -412,11 +412,13 @@ def test_mode_coverage_benchmark_quick(tmp_path):
     # Every run on every seed, except the paper-defaults reference run: on the first seed only.
     assert [(r["run"], r["seed"]) for r in rows] == [("ns", 0), ("ns", 1), ("ns+ema", 0), ("ns+ema", 1),
                                                     ("wgan-gp", 0), ("wgan-gp", 1), ("ns+r1", 0), ("ns+r1", 1),
-                                                    ("ns+r1-decay", 0), ("ns+r1-decay", 1), ("wgan-gp-alg1", 0)]
-    assert [r["d_steps"] for r in rows] == [10, 10, 10, 10, 50, 50, 10, 10, 10, 10, 50]
-    assert [r["evaluated"] for r in rows] == ["G"] * 2 + ["ema"] * 8 + ["G"]
+                                                    ("ns+r1-decay", 0), ("ns+r1-decay", 1), ("ns+r1-decay-jbt", 0),
+                                                    ("ns+r1-decay-jbt", 1), ("wgan-gp-alg1", 0)]
+    assert [r["d_steps"] for r in rows] == [10, 10, 10, 10, 50, 50, 10, 10, 10, 10, 10, 10, 50]
+    assert [r["evaluated"] for r in rows] == ["G"] * 2 + ["ema"] * 10 + ["G"]
     assert all(len(r["counts"]) == 25 and r["num_modes"] == 25 for r in rows)
-    assert [s["run"] for s in result["summary"]] == ["ns", "ns+ema", "wgan-gp", "ns+r1", "ns+r1-decay", "wgan-gp-alg1"]
+    assert [s["run"] for s in result["summary"]] == ["ns", "ns+ema", "wgan-gp", "ns+r1", "ns+r1-decay",
+                                                     "ns+r1-decay-jbt", "wgan-gp-alg1"]
     assert result["summary"][0]["modes_covered"] == [rows[0]["modes_covered"], rows[1]["modes_covered"]]
     assert result["provenance"]["eval_samples"] == 2500
     assert (tmp_path / "gan_mode_coverage_cpu_quick.csv").read_text().count("\n") == 1 + len(rows)

@@ -221,7 +221,9 @@ def test_train_gan2d_quick(tmp_path, capsys):
     assert samples.shape == (2500, 2) and samples.dtype == np.float32
     scores = json.load(open(tmp_path / "scores.json"))
     expected = mode_coverage(torch.from_numpy(samples), ring_mixture())
-    assert scores["modes_covered"] == expected.modes_covered and scores["recipe"] == "ns+r1"
+    from fastgen.gan.recipes import DEFAULT_RECIPE
+
+    assert scores["modes_covered"] == expected.modes_covered and scores["recipe"] == DEFAULT_RECIPE
     assert scores["scored"] == "ema"
     from PIL import Image
     image = Image.open(tmp_path / "samples.png").convert("RGB")

@@ -45,7 +45,7 @@ def add_train_parser(sub) -> None:
     g.add_argument("--seed", type=int, required=True)
     g.add_argument("--out", required=True, metavar="DIR")
     g.add_argument("--recipe", default=DEFAULT_RECIPE, choices=sorted(RUNS), help=f"default {DEFAULT_RECIPE}")
-    g.add_argument("--steps", type=int, default=None, help="generator steps (default 3000)")
+    g.add_argument("--steps", type=int, default=None, help="generator steps (default: the recipe's, 3000 unless it says)")
     g.add_argument("--quick", action="store_true", help="tiny networks, 10 steps: a smoke run")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
     g.set_defaults(handler=run_train_gan2d)
