@@ -15,6 +15,10 @@ governs both. Measured, in every configuration, at 64x3x64x64 float32:
 * ``DDIM step``, ``DDPM step``: fastgen's scheduler loop per step (DDPM draws torch.randn each
   step, so torch's parallel regions and fastgen's alternate).
 
+Every worker times with fastgen.benchmarking's fixed glibc malloc thresholds (``fix_cpu_allocator``,
+recorded per row): without them the same workload is bimodal between processes (~135 us or
+~2,050 us for the step kernel), which hides any effect of the thread settings.
+
 The configurations run round-robin ``--rounds`` times; a row per (configuration, workload, round)
 with the median, the 20-80% quantiles and the share of the CPUs other processes used meanwhile
 (fastgen.benchmarking.other_cpu_share), and a summary per (configuration, workload): the median
@@ -78,7 +82,8 @@ def _worker(min_run_time: float) -> list[dict]:
         t = benchmarking.time_fn(fn, "cpu", min_run_time=min_run_time)
         share = benchmarking.other_cpu_share(before, benchmarking._cpu_snapshot())
         rows.append(dict(workload=name, median_s=t.median / per, q20_s=t.q20 / per, q80_s=t.q80 / per,
-                         other_cpu_share=share, torch_threads=torch.get_num_threads()))
+                         other_cpu_share=share, torch_threads=torch.get_num_threads(),
+                         cpu_allocator=benchmarking.fix_cpu_allocator()))
     return rows
 
 

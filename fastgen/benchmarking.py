@@ -125,8 +125,51 @@ def time_fn(fn: Callable[[], object], device: torch.device | str, *, warmup_ms: 
     if device.type == "cuda":
         return _time_cuda(fn, device, warmup_ms, rep_ms)
     if device.type == "cpu":
+        fix_cpu_allocator()
         return _time_cpu(fn, min_run_time)
     raise ValueError(f"device must be a cpu or cuda device, got {device}")
+
+
+# glibc malloc serves a large block (a 3 MiB tensor) from mmap or from the heap by a threshold that
+# moves as the process frees blocks, and returns freed heap memory to the OS past a trim threshold.
+# So whether each step's fresh output page-faults (0.1-2 ms at 3 MiB) depends on the process's
+# allocation history: measured, the same fused step took 124-158 us in every process with these
+# thresholds fixed, and ~135 us or ~2,050 us (stable within a process, bimodal between processes)
+# without (benchmarks/results/thread_pinning_cpu-2core.json: other processes used <= 3% of the CPUs).
+# Fixed thresholds make CPU timings reproducible between runs; the setting is the same for every
+# contender of a run (one process) and is recorded in the provenance. 32 MiB is the largest mmap
+# threshold glibc accepts on 64-bit systems.
+MALLOC_SETTINGS = {"M_TRIM_THRESHOLD": 1 << 30, "M_MMAP_THRESHOLD": 32 << 20}
+_MALLOPT_PARAMS = {"M_TRIM_THRESHOLD": -1, "M_MMAP_THRESHOLD": -3}  # glibc's <malloc.h>
+_allocator_state: dict | None = None
+
+
+def fix_cpu_allocator() -> dict:
+    """Apply :data:`MALLOC_SETTINGS` with glibc's mallopt, once per process; returns what was done
+    (``{"allocator": "glibc", **settings}``, or why nothing was: not glibc, or the user's own
+    MALLOC_*_ environment, which wins)."""
+    global _allocator_state
+    if _allocator_state is not None:
+        return _allocator_state
+    user = sorted(k for k in os.environ if k.startswith("MALLOC_") and k.endswith("_"))
+    if user:
+        _allocator_state = {"allocator": "as configured by the environment: " + ", ".join(user)}
+        return _allocator_state
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None)
+        mallopt = libc.mallopt
+        libc.gnu_get_libc_version  # glibc only: musl has no such function
+    except (OSError, AttributeError):
+        _allocator_state = {"allocator": "default (not glibc: mallopt unavailable)"}
+        return _allocator_state
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    state = {"allocator": "glibc"}
+    for name, value in MALLOC_SETTINGS.items():
+        state[name] = value if mallopt(_MALLOPT_PARAMS[name], value) == 1 else "refused"
+    _allocator_state = state
+    return state
 
 
 def measure_copy_bandwidth(device: torch.device | str, nbytes: int | None = None, **timing) -> float:
@@ -390,6 +433,8 @@ def provenance(device: torch.device | str, *, label: str = "", command: str | No
         "diffusers": package_version("diffusers"),
         "fastgen": package_version("fastgen"),
         "cpu_kernels": _native.cpu_library_info(),
+        # how CPU timings' fresh tensors were allocated (fix_cpu_allocator); None: no CPU timing ran
+        "cpu_allocator": _allocator_state,
         "python": platform.python_version(),
         "platform": f"{platform.system()} {platform.machine()}",
         "git_commit": git_commit(),

@@ -252,3 +252,19 @@ def test_thread_pinning_summary_is_the_spread_of_round_medians():
     assert summary["bind-close", "DDIM step"]["round_spread"] == 1.0
     with pytest.raises(SystemExit):
         script.main(["--rounds", "0"])
+
+
+def test_cpu_allocator_thresholds_are_fixed_once_and_the_environment_wins(monkeypatch):
+    monkeypatch.setattr(B, "_allocator_state", None)
+    monkeypatch.setenv("MALLOC_ARENA_MAX_", "2")
+    assert B.fix_cpu_allocator() == {"allocator": "as configured by the environment: MALLOC_ARENA_MAX_"}
+    monkeypatch.delenv("MALLOC_ARENA_MAX_")
+    monkeypatch.setattr(B, "_allocator_state", None)
+    for k in [k for k in os.environ if k.startswith("MALLOC_") and k.endswith("_")]:
+        monkeypatch.delenv(k)
+    state = B.fix_cpu_allocator()
+    if state["allocator"] == "glibc":  # the CI machine: both thresholds taken
+        assert state == {"allocator": "glibc", **B.MALLOC_SETTINGS}
+    assert B.fix_cpu_allocator() is state  # once per process
+    B.time_fn(lambda: None, "cpu", min_run_time=0.01)
+    assert B.provenance("cpu")["cpu_allocator"] is state
