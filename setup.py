@@ -2,7 +2,7 @@
 
 * package ``fastgen``, with the Triton kernels of ``kernels/`` installed as ``fastgen.kernels``;
 * the C++/OpenMP CPU kernels of ``csrc/cpu`` (plain C ABI, loaded with ctypes; need only a C++
-  compiler with OpenMP, GCC >= 11 or Clang >= 12 on x86-64). On x86-64 the same sources are built
+  compiler with OpenMP, tested with GCC 12 on x86-64). On x86-64 the same sources are built
   three times, so that one build (a wheel, a shared install) runs at full width on every machine:
   ``fastgen._fastgen_cpu`` for x86-64-v2 (SSE4.2, the baseline every x86-64 CPU since ~2009 has),
   ``fastgen._fastgen_cpu_avx2`` for x86-64-v3 (AVX2, FMA, F16C) and ``fastgen._fastgen_cpu_avx512``

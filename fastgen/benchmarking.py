@@ -141,6 +141,7 @@ def time_fn(fn: Callable[[], object], device: torch.device | str, *, warmup_ms: 
 # threshold glibc accepts on 64-bit systems.
 MALLOC_SETTINGS = {"M_TRIM_THRESHOLD": 1 << 30, "M_MMAP_THRESHOLD": 32 << 20}
 _MALLOPT_PARAMS = {"M_TRIM_THRESHOLD": -1, "M_MMAP_THRESHOLD": -3}  # glibc's <malloc.h>
+_MALLOC_ENV = ("MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TOP_PAD_", "MALLOC_MMAP_MAX_")
 _allocator_state: dict | None = None
 
 
@@ -151,7 +152,10 @@ def fix_cpu_allocator() -> dict:
     global _allocator_state
     if _allocator_state is not None:
         return _allocator_state
-    user = sorted(k for k in os.environ if k.startswith("MALLOC_") and k.endswith("_"))
+    # the user's own thresholds win (glibc reads them at start-up; mallopt here would override them)
+    user = sorted(k for k in os.environ if k in _MALLOC_ENV)
+    if "glibc.malloc" in os.environ.get("GLIBC_TUNABLES", ""):
+        user.append("GLIBC_TUNABLES")
     if user:
         _allocator_state = {"allocator": "as configured by the environment: " + ", ".join(user)}
         return _allocator_state

@@ -22,8 +22,10 @@ to the next power of two. The answer, in order of precedence:
 :func:`explain` (and ``fastgen tiles``) says which config a call gets and which of these chose it.
 
 Every candidate is compiled for sm_90 and sm_80 by ``benchmarks/triton_compile_report.py
---candidates``, which fails if one spills registers or overflows shared memory: only candidates that
-passed there on both architectures under triton 3.6 and 3.9 are listed here (one exception, a
+--candidates``, which fails a launch that spills more than 64 B per thread (its --max-spill-bytes) or
+overflows shared memory: only candidates that passed there on both architectures under triton 3.9
+(committed: benchmarks/results/triton_compile_candidates_sm90_sm80.json) and 3.6 (a run of the same
+command, not committed) are listed here; a few keep 4-48 B of spills (see that file) (one exception, a
 default: vq_nearest's float32 D-loop tile, see _VQ_CANDIDATES).
 
 Determinism: the elementwise kernels (noising, the step, the interpolation, scaling, bias_act, the
@@ -102,7 +104,7 @@ KERNELS = {
 _GN_CONFIGS = ((2048, 4), (2048, 8), (4096, 4), (4096, 8), (8192, 8))
 _GN_CL_CONFIGS = ((1024, 4), (1024, 8), (2048, 4), (2048, 8), (4096, 8))
 
-# Attention: per (element size, pass, head-dim bound of attention._TILES) the spill-free
+# Attention: per (element size, pass, head-dim bound of attention._TILES) the within-limits
 # (BLOCK_M, BLOCK_N, num_warps), today's default first. The default is the largest tile that fits
 # (attention.py); the others are smaller tiles and the other warp count, each compiled for sm_90 and
 # sm_80 by the compile report's --candidates (dropped there: float32 forward 32 x 32 at 4 warps,
@@ -190,7 +192,7 @@ def default(kernel: str, dtype: torch.dtype, size: int) -> tuple[dict, str]:
         from . import attention
 
         m, n, w = attention.tile_config(size, dtype, kernel.endswith("backward"))
-        return {"BLOCK_M": m, "BLOCK_N": n, "num_warps": w}, "attention._TILES (largest spill-free tile)"
+        return {"BLOCK_M": m, "BLOCK_N": n, "num_warps": w}, "attention._TILES (largest tile within the spill limit)"
     from . import vq_nearest
 
     n, k, d, w = vq_nearest.tile_config(size, dtype)
@@ -468,6 +470,8 @@ def explain(kernel: str, dtype: torch.dtype | str = torch.float32, size: int = 4
         keys = _device_key(torch.device(device))
     except (RuntimeError, ValueError):  # not a torch device string: a table device name
         keys = (str(device),)
+    except AssertionError as exc:  # torch without CUDA asked about "cuda": torch asserts
+        raise ValueError(f"device {device!r}: {exc}; name a GPU (e.g. 'NVIDIA H200') or 'sm_90' instead") from exc
     cfg, source, detail = _resolve(kernel, None, dtype, size, keys, None, why=True)
     return Choice(kernel, _dtype_name(dtype), size, bucket(size), keys, cfg, source, detail)
 

@@ -256,12 +256,14 @@ def test_thread_pinning_summary_is_the_spread_of_round_medians():
 
 def test_cpu_allocator_thresholds_are_fixed_once_and_the_environment_wins(monkeypatch):
     monkeypatch.setattr(B, "_allocator_state", None)
-    monkeypatch.setenv("MALLOC_ARENA_MAX_", "2")
-    assert B.fix_cpu_allocator() == {"allocator": "as configured by the environment: MALLOC_ARENA_MAX_"}
-    monkeypatch.delenv("MALLOC_ARENA_MAX_")
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "2")
+    assert B.fix_cpu_allocator() == {"allocator": "as configured by the environment: MALLOC_TRIM_THRESHOLD_"}
+    monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_")
     monkeypatch.setattr(B, "_allocator_state", None)
-    for k in [k for k in os.environ if k.startswith("MALLOC_") and k.endswith("_")]:
-        monkeypatch.delenv(k)
+    monkeypatch.setenv("MALLOC_PERTURB_", "1")  # a debugging setting, not a threshold: ignored
+    monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
+    for k in B._MALLOC_ENV:
+        monkeypatch.delenv(k, raising=False)
     state = B.fix_cpu_allocator()
     if state["allocator"] == "glibc":  # the CI machine: both thresholds taken
         assert state == {"allocator": "glibc", **B.MALLOC_SETTINGS}

@@ -40,7 +40,7 @@ RUNS = {
                         lr_decay=(0.5, 0.01)),
     # ns+r1-decay for 6000 G steps, sampled by Jacobian-based truncation keeping 90% of the candidate latents
     # (Tanielian et al. 2020), which drops the samples in transit between modes: on seeds 0-9 all modes,
-    # >= 99.2% (grid) / 99.8% (ring) high quality, reverse KL (all samples) <= 0.0084
+    # >= 99.1% (grid) / 99.8% (ring) high quality, reverse KL (all samples) <= 0.0084
     # (benchmarks/results/gan_precision_ablation_cpu.json, config decay-6k-jbt, ema0.99+jbt0.9)
     "ns+r1-decay-jbt": dict(loss="ns", penalty="r1", penalty_weight=0.1, lr=1e-3, betas=(0.0, 0.99), ema_decay=0.99,
                             lr_decay=(0.5, 0.01), steps=6000, jacobian_truncation=0.9),
