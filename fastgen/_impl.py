@@ -129,6 +129,10 @@ def _resolve_cached(op: str, requested: str, device_type: str, device_index: int
     preferred = AUTO_ORDER_BY_OP.get((op, device.type), AUTO_ORDER.get(device.type, ("reference",)))
     preferred = AUTO_ORDER_BY_OP.get((op, device.type, layout), preferred)
     order = [i for i in preferred if i in available] + ["reference"]
+    if "cpu" in order and device.type == "cpu":
+        setting = _native.cpu_setting_error()
+        if setting is not None:
+            raise ImplUnavailableError(f"fastgen.{op}: {setting}")
     skipped = []
     for impl in order:
         reason = unavailable_reason(impl, device)

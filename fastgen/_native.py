@@ -167,6 +167,8 @@ def _load_cpu():
     try:
         isa = choose_cpu_library(build["set"], missing, forced)
     except RuntimeError as exc:
+        if forced is not None:  # the user's own setting failed: impl="auto" must not hide it
+            _cpu_info["setting_error"] = True
         return None, str(exc)
     lib, file, march = libs[isa]
     from . import _cpu_signatures
@@ -182,6 +184,13 @@ def _load_cpu():
 
 def cpu_load_error() -> str | None:
     return _load_cpu()[1]
+
+
+def cpu_setting_error() -> str | None:
+    """The CPU library's load error where FASTGEN_CPU_ISA caused it (a typo, a level this CPU or
+    this build lacks), else None: impl="auto" raises this instead of quietly running the reference."""
+    error = _load_cpu()[1]
+    return error if error is not None and _cpu_info.get("setting_error") else None
 
 
 def cpu_lib():

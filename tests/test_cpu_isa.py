@@ -87,7 +87,8 @@ def reload_cpu(monkeypatch):
 
 def test_loader_on_a_cpu_without_avx512(reload_cpu, monkeypatch):
     """The real libraries, with the CPU probe's answer stripped of AVX-512: auto loads avx2, and
-    forcing avx512 makes impl="cpu" raise the loader's message (auto falls back, logged)."""
+    forcing avx512 makes impl="cpu" and impl="auto" raise the loader's message (a setting the user
+    made must not quietly turn into the reference's speed)."""
     _portable_build()
     probe = _native._cpu_features
     monkeypatch.setattr(_native, "_cpu_features", lambda lib: (probe(lib)[0], probe(lib)[1] - V4))
@@ -96,8 +97,12 @@ def test_loader_on_a_cpu_without_avx512(reload_cpu, monkeypatch):
     info = reload_cpu("avx512")
     assert "FASTGEN_CPU_ISA=avx512: the avx512 library needs avx512bw" in info["error"]
     x = torch.randn(2, 3, 4, 4)
-    with pytest.raises(_impl.ImplUnavailableError, match="FASTGEN_CPU_ISA=avx512: the avx512 library needs"):
-        add_noise(x, torch.tensor([3, 7]), torch.linspace(0.99, 0.01, 10), torch.randn_like(x), impl="cpu")
+    for impl in ("cpu", "auto"):
+        with pytest.raises(_impl.ImplUnavailableError, match="FASTGEN_CPU_ISA=avx512: the avx512 library needs"):
+            add_noise(x, torch.tensor([3, 7]), torch.linspace(0.99, 0.01, 10), torch.randn_like(x), impl=impl)
+    reload_cpu("avx-512")  # a typo: a clear error under auto too
+    with pytest.raises(_impl.ImplUnavailableError, match="FASTGEN_CPU_ISA must be 'auto' or one of"):
+        add_noise(x, torch.tensor([3, 7]), torch.linspace(0.99, 0.01, 10), torch.randn_like(x), impl="auto")
 
 
 def test_a_library_of_another_build_is_refused(reload_cpu, monkeypatch):
