@@ -31,6 +31,7 @@ import torch
 
 from fastgen import benchmarking, ops
 from fastgen._io import atomic_write_text
+from fastgen.kernels import group_norm as group_norm_kernels
 from fastgen.kernels import tuning
 from fastgen.ops.bias_act import ACTIVATIONS as BIAS_ACT_ACTIVATIONS
 
@@ -95,11 +96,11 @@ def group_norm_cases(shape, dtype, dev):
         out = ops.group_norm(x, groups, w, b, emb=emb, activation="silu", impl="triton")
         dy = torch.randn_like(out)
         nbytes = x.numel() * x.element_size()
-        prefix = "group_norm_cl" if layout == "channels_last" else "group_norm"
         size = x.numel() // (B * groups)
-        cases.append((f"{prefix}_forward", size, lambda x=x, w=w, b=b, emb=emb: ops.group_norm(
+        forward, backward = (group_norm_kernels.tile_kernel(p, x, groups) for p in ("forward", "backward"))
+        cases.append((forward, size, lambda x=x, w=w, b=b, emb=emb: ops.group_norm(
             x, groups, w, b, emb=emb, activation="silu", impl="triton"), 2 * nbytes))
-        cases.append((f"{prefix}_backward", size, lambda x=x, out=out, dy=dy: torch.autograd.grad(
+        cases.append((backward, size, lambda x=x, out=out, dy=dy: torch.autograd.grad(
             out, x, dy, retain_graph=True), 3 * nbytes))
     return cases
 

@@ -803,6 +803,16 @@ def _channels_last(x: torch.Tensor) -> bool:
     return x.dim() == 4 and not x.is_contiguous()
 
 
+def tile_kernel(pass_: str, x: torch.Tensor, num_groups: int) -> str:
+    """The name kernels/tuning.py keys this launch's tile by: the layout, and whether the launch has
+    fewer (sample, group) programs than SPLIT_MIN_PROGRAMS (so the split may spread it: batch-1
+    sampling), as the best tile of such a launch need not be a training batch's at the same
+    elements per group. ``pass_``: "forward" or "backward"."""
+    layout = "_cl" if _channels_last(x) else ""
+    few = "_few" if x.shape[0] * num_groups < SPLIT_MIN_PROGRAMS else ""
+    return f"group_norm{layout}{few}_{pass_}"
+
+
 def forward(x: torch.Tensor, weight, bias, emb, scale, shift, num_groups: int, eps: float, silu: bool,
             out: torch.Tensor, mean: torch.Tensor, rstd: torch.Tensor) -> None:
     """Launch the forward on a non-empty x, contiguous or 4-D channels_last; ``out`` shares x's strides.
@@ -815,8 +825,9 @@ def forward(x: torch.Tensor, weight, bias, emb, scale, shift, num_groups: int, e
         _forward_channels_last(x, operands, num_groups, eps, _flags(weight, bias, emb, scale, shift, silu),
                                out, mean, rstd)
         return
-    config = tuning.choose("group_norm_forward", x, x.numel() // (x.shape[0] * num_groups), bench=tuning.rerun(
-        "group_norm_forward", forward, x, weight, bias, emb, scale, shift, num_groups, eps, silu, out, mean, rstd))
+    kernel = tile_kernel("forward", x, num_groups)
+    config = tuning.choose(kernel, x, x.numel() // (x.shape[0] * num_groups), bench=tuning.rerun(
+        kernel, forward, x, weight, bias, emb, scale, shift, num_groups, eps, silu, out, mean, rstd))
     geo = _nchw_geometry(x, num_groups, config["TILE"])
     K = geo["num_chunks"]
     consts = dict(_flags(weight, bias, emb, scale, shift, silu), SINGLE_TILE=geo["SINGLE_TILE"],
@@ -828,8 +839,9 @@ def forward(x: torch.Tensor, weight, bias, emb, scale, shift, num_groups: int, e
 
 
 def _forward_channels_last(x, operands, num_groups, eps, flags, out, mean, rstd) -> None:
-    config = tuning.choose("group_norm_cl_forward", x, x.numel() // (x.shape[0] * num_groups), bench=tuning.rerun(
-        "group_norm_cl_forward", _forward_channels_last, x, operands, num_groups, eps, flags, out, mean, rstd))
+    kernel = tile_kernel("forward", x, num_groups)
+    config = tuning.choose(kernel, x, x.numel() // (x.shape[0] * num_groups), bench=tuning.rerun(
+        kernel, _forward_channels_last, x, operands, num_groups, eps, flags, out, mean, rstd))
     geo = _cl_geometry(x, num_groups, config["CL_TILE"])
     K = geo["num_chunks"]
     args = (geo["C"], geo["S"], num_groups, K, geo["chunk"], eps)
@@ -848,8 +860,9 @@ def backward(dy: torch.Tensor, x: torch.Tensor, weight, bias, emb, scale, shift,
         _backward_channels_last(dy, x, operands, mean, rstd, num_groups, _flags(weight, bias, emb, scale, shift, silu),
                                 dx, sum_dz, sum_dz_n, d_emb)
         return
-    config = tuning.choose("group_norm_backward", x, x.numel() // (x.shape[0] * num_groups), bench=tuning.rerun(
-        "group_norm_backward", backward, dy, x, weight, bias, emb, scale, shift, mean, rstd, num_groups, silu, dx,
+    kernel = tile_kernel("backward", x, num_groups)
+    config = tuning.choose(kernel, x, x.numel() // (x.shape[0] * num_groups), bench=tuning.rerun(
+        kernel, backward, dy, x, weight, bias, emb, scale, shift, mean, rstd, num_groups, silu, dx,
         sum_dz, sum_dz_n, d_emb))
     geo = _nchw_geometry(x, num_groups, config["TILE"])
     K = geo["num_chunks"]
@@ -862,8 +875,9 @@ def backward(dy: torch.Tensor, x: torch.Tensor, weight, bias, emb, scale, shift,
 
 
 def _backward_channels_last(dy, x, operands, mean, rstd, num_groups, flags, dx, sum_dz, sum_dz_n, d_emb) -> None:
-    config = tuning.choose("group_norm_cl_backward", x, x.numel() // (x.shape[0] * num_groups), bench=tuning.rerun(
-        "group_norm_cl_backward", _backward_channels_last, dy, x, operands, mean, rstd, num_groups, flags, dx,
+    kernel = tile_kernel("backward", x, num_groups)
+    config = tuning.choose(kernel, x, x.numel() // (x.shape[0] * num_groups), bench=tuning.rerun(
+        kernel, _backward_channels_last, dy, x, operands, mean, rstd, num_groups, flags, dx,
         sum_dz, sum_dz_n, d_emb))
     geo = _cl_geometry(x, num_groups, config["CL_TILE"])
     K = geo["num_chunks"]

@@ -93,6 +93,13 @@ KERNELS = {
     "group_norm_backward": GROUP_NORM,
     "group_norm_cl_forward": GROUP_NORM_CL,
     "group_norm_cl_backward": GROUP_NORM_CL,
+    # a launch of few (sample, group) programs, which the split may spread over more programs: a
+    # kernel name of its own, since the table is keyed by elements per group and the best tile of a
+    # batch-1 launch need not be a training batch's (group_norm.tile_kernel names them)
+    "group_norm_few_forward": GROUP_NORM,
+    "group_norm_few_backward": GROUP_NORM,
+    "group_norm_cl_few_forward": GROUP_NORM_CL,
+    "group_norm_cl_few_backward": GROUP_NORM_CL,
     "attention_forward": ATTENTION,
     "attention_backward": ATTENTION,
     "vq_nearest": VQ_NEAREST,

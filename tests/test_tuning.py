@@ -209,9 +209,13 @@ def test_tune_tiles_sweeps_every_family_and_writes_a_valid_table(monkeypatch, tm
 
     monkeypatch.setattr(tune_tiles, "BUILDERS", {
         "elementwise": (tune_tiles.elementwise_cases, ((2, 3, 16, 16),)),  # 768: BLOCK 512 and 1024
-        "group_norm": (tune_tiles.group_norm_cases, ((1, 8, 4, 4),)),  # 8 groups: 8 interpreted programs
+        # with the split threshold at 4 programs: 8 groups a "training" launch, 2 a "few programs" one
+        "group_norm": (tune_tiles.group_norm_cases, ((1, 8, 4, 4), (1, 2, 4, 4))),
         "attention": (tune_tiles.attention_cases, ((1, 1, 16, 32),)),
         "vq_nearest": (tune_tiles.vq_cases, ((16, 16, 64),))})
+    from fastgen.kernels import group_norm as group_norm_kernels
+
+    monkeypatch.setattr(group_norm_kernels, "SPLIT_MIN_PROGRAMS", 4)
     clock = [1.0]
 
     def fake_time(fn, device, **timing):
@@ -221,7 +225,8 @@ def test_tune_tiles_sweeps_every_family_and_writes_a_valid_table(monkeypatch, tm
 
     monkeypatch.setattr(benchmarking, "time_fn", fake_time)
     monkeypatch.setattr(benchmarking, "measure_copy_bandwidth", lambda device: 1.0)
-    rows, groups = tune_tiles.sweep(tune_tiles.FAMILIES, [torch.float32], True, torch.device("cpu"))
+    # quick=False: every shape of each family (quick sweeps only the first)
+    rows, groups = tune_tiles.sweep(tune_tiles.FAMILIES, [torch.float32], False, torch.device("cpu"))
     kernels = {g[1] for g in groups}
     assert kernels == set(tuning.KERNELS)  # every kernel of the table is swept
     assert len(rows) == sum(len(g[4]) for g in groups)
