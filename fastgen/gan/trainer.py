@@ -381,7 +381,7 @@ class GANTrainer:
 
         samples = preview(_PREVIEW_IMAGES)
         if samples.dim() == 2 and samples.shape[1] == 2:
-            image = _scatter_plot(preview(_PREVIEW_POINTS), real, modes=modes)
+            image = scatter_plot(preview(_PREVIEW_POINTS), real, modes=modes)
         elif samples.dim() == 4 and samples.shape[1] in (1, 3):
             image = image_grid(samples)
         else:
@@ -535,7 +535,7 @@ def _pil():
     return Image, ImageDraw
 
 
-def _scatter_plot(points: torch.Tensor, reference: torch.Tensor | None, size: int = _SCATTER_SIZE,
+def scatter_plot(points: torch.Tensor, reference: torch.Tensor | None, size: int = _SCATTER_SIZE,
                   modes: torch.Tensor | None = None):
     """A white PIL image with ``reference`` points (grey) under ``points`` (blue), 3 x 3 pixels each,
     and ``modes`` (K, 2) as red crosses (13 pixels, 2 wide) on top; the square view covers the

@@ -29,7 +29,7 @@ def train_gan2d(*, data: str, seed: int, out: str, recipe: str | None = None, st
     from ..data import TOY_MIXTURES
     from ..gan import recipes
     from ..gan.metrics import mode_coverage
-    from ..gan.trainer import _scatter_plot
+    from ..gan.trainer import scatter_plot
 
     recipe = recipes.DEFAULT_RECIPE if recipe is None else recipe
     if recipe not in recipes.RUNS:
@@ -51,7 +51,7 @@ def train_gan2d(*, data: str, seed: int, out: str, recipe: str | None = None, st
     np.save(buffer, samples.numpy().astype(np.float32))
     atomic_write(os.path.join(out, "samples.npy"), lambda f: f.write(buffer.getvalue()))
     real = mixture.sample(recipes.EVAL_SAMPLES, generator=torch.Generator().manual_seed(seed))
-    image = _scatter_plot(samples, real, modes=mixture.centers)  # the scored points themselves
+    image = scatter_plot(samples, real, modes=mixture.centers)  # the scored points themselves
     atomic_write(os.path.join(out, "samples.png"), lambda f: image.save(f, format="PNG"))
     keep = recipes.RUNS[recipe].get("jacobian_truncation")
     result = {"recipe": recipe, "data": data, "seed": seed, "g_steps": steps, "settings": settings,
