@@ -129,13 +129,12 @@ def _resolve_cached(op: str, requested: str, device_type: str, device_index: int
     preferred = AUTO_ORDER_BY_OP.get((op, device.type), AUTO_ORDER.get(device.type, ("reference",)))
     preferred = AUTO_ORDER_BY_OP.get((op, device.type, layout), preferred)
     order = [i for i in preferred if i in available] + ["reference"]
-    if "cpu" in order and device.type == "cpu":
-        setting = _native.cpu_setting_error()
-        if setting is not None:
-            raise ImplUnavailableError(f"fastgen.{op}: {setting}")
     skipped = []
     for impl in order:
         reason = unavailable_reason(impl, device)
+        if impl == "cpu" and reason is not None and _native.cpu_setting_error() is not None:
+            # the user's FASTGEN_CPU_ISA failed: an error, never a quiet fall-back to the reference
+            raise ImplUnavailableError(f"fastgen.{op}: {reason}")
         if reason is None:
             # A missing build or import is worth a warning; an impl that never targets this device is not.
             for name, why in skipped:
